@@ -1,0 +1,201 @@
+"""Input checks shared by every public function.
+
+Each check raises a ``ValueError``/``KeyError``/``TypeError`` that names the problem and the fix,
+and runs before anything is computed or modified (SPEC §2, "Bad input").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
+logger = logging.getLogger("maestro_sc")
+
+#: A sample with fewer cells than this is skipped by training (SPEC §2, "Small samples").
+DEFAULT_MIN_CELLS = 20
+
+
+def resolve_cells(data: Any, mod: str | None = None) -> tuple[AnnData, Any]:
+    """Return ``(adata, mdata)`` for an AnnData or a MuData plus ``mod``.
+
+    ``mdata`` is the MuData (or ``None``); ``adata`` is the modality object itself, so in-place
+    functions write into it.
+    """
+    from anndata import AnnData
+
+    if isinstance(data, AnnData):
+        if mod is not None:
+            raise TypeError(
+                f"`mod={mod!r}` was given but the input is an AnnData; `mod` is only for MuData. "
+                "Pass the AnnData without `mod`."
+            )
+        return data, None
+    if type(data).__name__ == "MuData" and hasattr(data, "mod"):
+        mods = list(data.mod.keys())
+        if mod is None:
+            if len(mods) != 1:
+                raise ValueError(
+                    f"The MuData has {len(mods)} modalities {mods}; pass `mod=` naming the one "
+                    "that holds the cytometry markers (e.g. mod='prot')."
+                )
+            mod = mods[0]
+        if mod not in data.mod:
+            raise KeyError(f"Modality {mod!r} is not in the MuData. Available modalities: {mods}.")
+        adata = data.mod[mod]
+        if adata.n_obs == 0:
+            raise ValueError(f"Modality {mod!r} of the MuData has zero cells; nothing to use.")
+        return adata, data
+    raise TypeError(
+        f"Expected an AnnData (or a MuData with `mod=`), got {type(data).__name__}. "
+        "Build one with anndata.AnnData(X, obs=...) or read it with anndata.read_h5ad."
+    )
+
+
+def sample_labels(adata: AnnData, sample_key: str, mdata: Any = None) -> pd.Series:
+    """The per-cell sample labels of ``adata`` (looked up in the modality, then in MuData obs)."""
+    if not isinstance(sample_key, str):
+        raise TypeError(f"`sample_key` must be a column name (str), got {type(sample_key).__name__}.")
+    if sample_key in adata.obs.columns:
+        return adata.obs[sample_key]
+    if mdata is not None:
+        if sample_key in mdata.obs.columns:
+            col = mdata.obs[sample_key]
+            return col.reindex(adata.obs_names)
+        raise KeyError(
+            f"sample_key {sample_key!r} is neither in the modality's obs "
+            f"{list(adata.obs.columns)} nor in the MuData's global obs {list(mdata.obs.columns)}. "
+            "Pass one of these columns as `sample_key`."
+        )
+    raise KeyError(
+        f"sample_key {sample_key!r} is not a column of adata.obs. Available columns: "
+        f"{list(adata.obs.columns)}. Pass one of them as `sample_key`."
+    )
+
+
+def check_var_names(adata: AnnData) -> None:
+    """Raise on empty data or duplicated marker names."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(
+            f"The AnnData is empty ({adata.n_obs} cells × {adata.n_vars} markers); "
+            "there is nothing to compute on."
+        )
+    dup = adata.var_names[adata.var_names.duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(
+            f"var_names are duplicated: {dup}. Make them unique first, e.g. "
+            "adata.var_names_make_unique(), or drop the duplicated channels."
+        )
+
+
+def marker_positions(adata: AnnData, markers: Sequence[str] | None) -> np.ndarray:
+    """Column positions of ``markers`` in ``adata.var_names`` (all columns when ``None``)."""
+    if markers is None:
+        return np.arange(adata.n_vars)
+    if isinstance(markers, str):
+        raise TypeError(f"`markers` must be a list of marker names, not a string ({markers!r}).")
+    markers = list(markers)
+    if len(markers) == 0:
+        raise ValueError("`markers` is empty; pass at least one marker name or None for all.")
+    if len(set(markers)) != len(markers):
+        dup = sorted({m for m in markers if markers.count(m) > 1})
+        raise ValueError(f"`markers` lists some markers twice: {dup}.")
+    missing = [m for m in markers if m not in adata.var_names]
+    if missing:
+        raise KeyError(
+            f"Unknown markers {missing}: not in var_names. Available: {list(adata.var_names)}."
+        )
+    return adata.var_names.get_indexer(markers)
+
+
+def get_matrix(adata: AnnData, layer: str | None):
+    """The raw matrix object (``X`` or a layer); may be dense, sparse or a backed dataset."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found. Available layers: {list(adata.layers.keys())}.")
+    return adata.layers[layer]
+
+
+def check_numeric(mat: Any) -> None:
+    """Raise a ``TypeError`` for non-numeric matrices."""
+    dtype = getattr(mat, "dtype", None)
+    if dtype is None:
+        raise TypeError(
+            f"The cell matrix has no dtype ({type(mat).__name__}); expected a numeric array."
+        )
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise TypeError(
+            f"The cell matrix has dtype {dtype}, which is not numeric. Convert it, e.g. "
+            "adata.X = adata.X.astype('float32'), after removing text columns."
+        )
+
+
+def _iter_row_blocks(mat: Any, cols: np.ndarray, block: int = 200_000):
+    n = mat.shape[0]
+    for start in range(0, n, block):
+        chunk = mat[start : min(n, start + block)]
+        if hasattr(chunk, "toarray"):
+            chunk = chunk.toarray()
+        yield np.asarray(chunk)[:, cols]
+
+
+def check_finite(mat: Any, cols: np.ndarray, var_names: Sequence[str]) -> None:
+    """Raise a ``ValueError`` naming how many non-finite values and in which markers."""
+    if not np.issubdtype(mat.dtype, np.floating):
+        return
+    bad = np.zeros(len(cols), dtype=np.int64)
+    for chunk in _iter_row_blocks(mat, cols):
+        bad += (~np.isfinite(chunk)).sum(axis=0)
+    if bad.any():
+        names = [f"{var_names[c]} ({int(k)})" for c, k in zip(cols, bad) if k]
+        raise ValueError(
+            f"The data hold {int(bad.sum())} NaN/inf values, in markers: {', '.join(names)}. "
+            "Remove or impute these cells first, e.g. "
+            "adata = adata[np.isfinite(adata.X).all(axis=1)].copy()."
+        )
+
+
+def validate_cells(
+    data: Any,
+    sample_key: str | None,
+    *,
+    markers: Sequence[str] | None = None,
+    layer: str | None = None,
+    mod: str | None = None,
+    check_values: bool = True,
+) -> tuple[AnnData, pd.Series | None, np.ndarray]:
+    """Run every input check for a function that reads cells.
+
+    Returns ``(adata, labels, cols)``: the (modality) AnnData, the per-cell sample labels (or
+    ``None`` when ``sample_key`` is ``None``) and the marker column positions.
+    """
+    adata, mdata = resolve_cells(data, mod)
+    check_var_names(adata)
+    labels = None if sample_key is None else sample_labels(adata, sample_key, mdata)
+    if labels is not None and labels.isna().any():
+        n = int(labels.isna().sum())
+        raise ValueError(
+            f"{n} cells have no sample id (NaN in obs[{sample_key!r}]). "
+            "Drop them or fill the column before calling this function."
+        )
+    cols = marker_positions(adata, markers)
+    mat = get_matrix(adata, layer)
+    check_numeric(mat)
+    if check_values:
+        check_finite(mat, cols, list(adata.var_names))
+    return adata, labels, cols
+
+
+def warn_overwrite(mapping: Any, key: str, where: str) -> None:
+    """Warn (as scanpy does) when ``key`` already exists and will be overwritten."""
+    if key in mapping:
+        import warnings
+
+        warnings.warn(f"{where}[{key!r}] already exists and is overwritten.", UserWarning, stacklevel=3)

@@ -1,0 +1,1 @@
+"""Plain-torch MAESTRO model (no Lightning, no AnnData)."""

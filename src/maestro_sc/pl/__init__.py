@@ -1,0 +1,1 @@
+"""pl namespace."""
