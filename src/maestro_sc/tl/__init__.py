@@ -1,5 +1,7 @@
 """Tools: training, embedding, aggregation, evaluation and baselines (scanpy's ``tl``)."""
 
 from ._aggregate import aggregate_samples
+from ._embed import embed_samples, pretrain
+from ._model import MaestroModel
 
-__all__ = ["aggregate_samples"]
+__all__ = ["MaestroModel", "aggregate_samples", "embed_samples", "pretrain"]

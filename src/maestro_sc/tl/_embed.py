@@ -1,0 +1,405 @@
+"""``pretrain`` and ``embed_samples``: the user-facing training and embedding calls."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._data import SampleIndex
+from .._utils import logger, warn_overwrite
+from ._aggregate import sample_table
+from ._model import MaestroModel, h5ad_safe, match_panel
+
+#: Cells pooled (over all samples) to fit the per-marker standardisation.
+_SCALER_CELLS = 200_000
+
+
+def marker_scaler(index: SampleIndex, samples: Sequence[int], random_state: int):
+    """Per-marker mean and std over a pooled subsample of the training cells."""
+    per_sample = max(1, _SCALER_CELLS // max(1, len(samples)))
+    rng = np.random.default_rng(random_state)
+    cells = np.concatenate([index.read(i, n=per_sample, random_state=rng) for i in samples])
+    mean = cells.mean(axis=0, dtype=np.float64)
+    std = cells.std(axis=0, dtype=np.float64)
+    constant = [index.markers[j] for j in np.flatnonzero(std < 1e-8)]
+    if constant:
+        warnings.warn(
+            f"Markers {constant} are constant over the training cells; they carry no information.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return mean.astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+
+
+def trainable_samples(index: SampleIndex, min_cells: int, strict: bool) -> list[int]:
+    """Samples with at least ``min_cells`` cells; the others are skipped with a warning."""
+    small = [i for i in range(index.n_samples) if index.counts[i] < min_cells]
+    if small:
+        names = [f"{index.sample_ids[i]} ({index.counts[i]} cells)" for i in small]
+        msg = (
+            f"{len(small)} samples have fewer than min_cells={min_cells} cells: {names}. "
+            "Lower `min_cells` or remove them (mst.pp.filter_samples)."
+        )
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg + " They are skipped in training.", UserWarning, stacklevel=3)
+    keep = [i for i in range(index.n_samples) if index.counts[i] >= min_cells]
+    if len(keep) < 2:
+        raise ValueError(
+            f"Training needs at least 2 samples with >= {min_cells} cells; got {len(keep)} "
+            f"(of {index.n_samples}). Add samples or lower `min_cells`."
+        )
+    return keep
+
+
+def _resolve_accelerator(accelerator: str, precision: str | None) -> tuple[str, str]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if accelerator == "auto":
+        accelerator = "gpu" if cuda else "cpu"
+    if precision is None:
+        precision = "bf16-mixed" if accelerator in ("gpu", "cuda") and cuda else "32-true"
+    return accelerator, precision
+
+
+def pretrain(
+    adata: Any,
+    sample_key: str,
+    *,
+    preset: str = "auto",
+    markers: Sequence[str] | None = None,
+    layer: str | None = None,
+    mod: str | None = None,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str = "auto",
+    precision: str | None = None,
+    random_state: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    num_workers: int = 0,
+    strict: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> MaestroModel:
+    """Train a MAESTRO model, self-supervised, on every sample of a cohort.
+
+    Each step draws, for ``batch_size`` samples, a fresh random subset of ``n_sub`` cells (the
+    student set; smaller samples are oversampled with replacement) and the sample's full cell
+    set for the teacher (or ``teacher_max_cells`` of them), streamed from the sample index, so
+    backed files and samples of millions of cells work. Training runs on PyTorch Lightning:
+    AdamW with a cosine learning rate, the EMA teacher updated after each step.
+
+    Parameters
+    ----------
+    adata
+        AnnData of cells (in memory or backed ``'r'``), values already transformed
+        (e.g. :func:`maestro_sc.pp.arcsinh`); or a MuData with ``mod=``.
+    sample_key
+        Column of ``obs`` with the sample id of each cell.
+    preset
+        ``"cpu"``, ``"gpu"``, ``"paper"`` or ``"auto"`` (gpu if CUDA is available, else cpu).
+    markers
+        Markers to train on (default: all ``var_names``).
+    layer
+        Read values from ``adata.layers[layer]``.
+    mod
+        Modality of a MuData.
+    max_epochs
+        Epochs (default: the preset's). ``0`` gives the untrained model (a control).
+    batch_size
+        Samples per step (default: the preset's).
+    accelerator, devices, strategy, precision
+        Passed to :class:`pytorch_lightning.Trainer` (``strategy="ddp"`` for several GPUs;
+        precision defaults to ``"bf16-mixed"`` on GPU and ``"32-true"`` on CPU).
+    random_state
+        Seed of the initialisation, of every cell draw and of the masks.
+    checkpoint_dir
+        Folder for Lightning checkpoints (``last.ckpt`` after each epoch).
+    resume
+        A checkpoint path to continue training from.
+    num_workers
+        DataLoader worker processes reading cells.
+    strict
+        Raise instead of skipping samples with fewer than ``min_cells`` cells.
+    progress
+        Show the progress bar.
+    **overrides
+        Any :class:`~maestro_sc.model.config.MaestroConfig` field, e.g. ``latent_dim=128``.
+
+    Returns
+    -------
+    The trained :class:`~maestro_sc.tl.MaestroModel`.
+
+    Examples
+    --------
+    >>> import maestro_sc as mst
+    >>> adata = mst.datasets.synthetic_cohort(n_samples=12, random_state=0)
+    >>> model = mst.tl.pretrain(adata, "sample", preset="cpu", max_epochs=1, progress=False)
+    >>> model.history.shape[0] > 0
+    True
+    """
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..model.config import preset as make_config
+    from ..model.maestro import Maestro
+    from ..train.data import EpochSampler, SampleSetDataset, collate_sets
+    from ..train.module import MaestroTrainingPlan
+
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    config = make_config(preset, **overrides)
+    if config.max_epochs < 0 or config.batch_size < 1:
+        raise ValueError("`max_epochs` must be >= 0 and `batch_size` >= 1.")
+    index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
+    samples = trainable_samples(index, config.min_cells, strict)
+    config.n_markers = index.n_markers
+    accelerator, precision = _resolve_accelerator(accelerator, precision)
+
+    pl.seed_everything(random_state, workers=True, verbose=False)
+    net = Maestro(config)
+    mean, std = marker_scaler(index, samples, random_state)
+    net.set_scaler(torch.from_numpy(mean), torch.from_numpy(std))
+
+    steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(samples) / config.batch_size))
+    total_steps = steps_per_epoch * config.max_epochs
+    plan = MaestroTrainingPlan(net, total_steps=total_steps, random_state=random_state)
+    dataset = SampleSetDataset(
+        index, samples, config.n_sub, config.teacher_max_cells, random_state
+    )
+    sampler = EpochSampler(len(samples), steps_per_epoch * config.batch_size, random_state)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=collate_sets,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+    callbacks = []
+    if checkpoint_dir is not None:
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        callbacks.append(
+            ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, save_top_k=0,
+                            every_n_epochs=1, save_on_train_epoch_end=True)
+        )
+    trainer = pl.Trainer(
+        max_epochs=config.max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=checkpoint_dir is not None,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        gradient_clip_val=config.grad_clip or None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    logger.info(
+        "Training MAESTRO (%s preset) on %d samples x %d markers: %d epochs x %d steps.",
+        preset, len(samples), index.n_markers, config.max_epochs, steps_per_epoch,
+    )
+    start = time.perf_counter()
+    if total_steps > 0:
+        with _quiet_lightning():
+            trainer.fit(plan, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
+    if trainer.interrupted:
+        warnings.warn(
+            "Training was interrupted; the model holds the last completed step.",
+            UserWarning,
+            stacklevel=2,
+        )
+    import pandas as pd
+
+    history = pd.DataFrame(plan.history)
+    summary = {
+        "preset": preset,
+        "random_state": random_state,
+        "sample_key": sample_key,
+        "n_samples": len(samples),
+        "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "train_seconds": round(time.perf_counter() - start, 2),
+        "interrupted": bool(trainer.interrupted),
+        "accelerator": accelerator,
+        "precision": str(precision),
+        "package_version": __version__,
+    }
+    if len(history):
+        summary["final_loss"] = float(history["loss"].iloc[-1])
+    return MaestroModel(net.cpu(), index.markers, history=history, summary=summary)
+
+
+class _quiet_lightning:
+    """Silence Lightning's informational banners (GPU available, etc.) during ``fit``."""
+
+    _names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
+
+    def __enter__(self):
+        self._levels = [logging.getLogger(n).level for n in self._names]
+        for n in self._names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*train_dataloader.*num_workers.*")
+        return self
+
+    def __exit__(self, *exc):
+        self._warn.__exit__(*exc)
+        for n, level in zip(self._names, self._levels):
+            logging.getLogger(n).setLevel(level)
+        return False
+
+
+def embed_samples(
+    adata: Any,
+    sample_key: str,
+    *,
+    model: MaestroModel | None = None,
+    preset: str = "auto",
+    markers: Sequence[str] | None = None,
+    layer: str | None = None,
+    mod: str | None = None,
+    key_added: str = "X_maestro",
+    neighbors: bool = True,
+    umap: bool = True,
+    n_neighbors: int = 15,
+    which: str | None = None,
+    chunk_size: int | None = None,
+    random_state: int = 0,
+    progress: bool = True,
+    **pretrain_kwargs: Any,
+) -> Any:
+    """Embed every sample of a cohort with MAESTRO: one vector per sample, from all its cells.
+
+    Without ``model``, a model is first trained with :func:`pretrain` (``preset``, ``markers``,
+    ``random_state`` and ``pretrain_kwargs`` go to it). Each sample is then encoded on all of its
+    cells, streamed in chunks, by the teacher encoder (``which="student"`` for the student);
+    the result is deterministic. The input is not modified.
+
+    Parameters
+    ----------
+    adata
+        AnnData of cells (in memory or backed), or a MuData with ``mod=``.
+    sample_key
+        Column of ``obs`` with the sample id of each cell.
+    model
+        A trained :class:`MaestroModel` (default: train one now).
+    preset
+        Preset for training when ``model`` is None.
+    markers
+        Markers to train on when ``model`` is None (a model uses its own markers).
+    layer
+        Read values from ``adata.layers[layer]``.
+    mod
+        Modality of a MuData.
+    key_added
+        Key of the embedding in the result's ``obsm``.
+    neighbors, umap
+        Run :func:`scanpy.pp.neighbors` (``use_rep=key_added``) and :func:`scanpy.tl.umap` on the
+        result so scanpy's plots work at once.
+    n_neighbors
+        Neighbours for the sample graph (capped below the number of samples).
+    which
+        ``"teacher"`` or ``"student"`` encoder (default: the model's ``embed_with``).
+    chunk_size
+        Cells per streamed chunk.
+    random_state
+        Seed for training and UMAP.
+    progress
+        Show progress bars.
+    **pretrain_kwargs
+        Passed to :func:`pretrain` when ``model`` is None.
+
+    Returns
+    -------
+    A sample-level AnnData: one row per sample, ``X`` = per-sample marker means, the embedding
+    in ``obsm[key_added]``, ``uns["maestro"]`` with the config, markers and training summary.
+
+    Examples
+    --------
+    >>> import maestro_sc as mst
+    >>> adata = mst.datasets.synthetic_cohort(n_samples=12, random_state=0)
+    >>> sdata = mst.tl.embed_samples(adata, sample_key="sample", max_epochs=1, progress=False)
+    >>> sdata.obsm["X_maestro"].shape[0]
+    12
+    """
+    if model is not None and not isinstance(model, MaestroModel):
+        raise TypeError(
+            f"`model` must be a MaestroModel (from mst.tl.pretrain or MaestroModel.load), "
+            f"got {type(model).__name__}."
+        )
+    if model is not None:
+        use_markers = match_panel(adata, model.markers, mod=mod)
+    else:
+        use_markers = markers
+    index = SampleIndex(adata, sample_key, markers=use_markers, layer=layer, mod=mod)
+    if model is None:
+        logger.info("No model given: training one with the %r preset first.", preset)
+        model = pretrain(
+            adata, sample_key, preset=preset, markers=markers, layer=layer, mod=mod,
+            random_state=random_state, progress=progress, **pretrain_kwargs,
+        )
+    z = model.embed_index(index, which=which, chunk_size=chunk_size, progress=progress)
+    sdata = sample_table(index)
+    warn_overwrite(sdata.obsm, key_added, "obsm")
+    sdata.obsm[key_added] = z.to_numpy(dtype=np.float32)
+    info = sdata.uns["maestro"]
+    info.update(
+        {
+            "key_added": key_added,
+            "preset": model.summary.get("preset"),
+            "random_state": model.summary.get("random_state"),
+            "package_version": __version__,
+            "markers": list(model.markers),
+            "embed_with": which or model.config.embed_with,
+            "config": model.config.to_dict(),
+            "training": dict(model.summary),
+        }
+    )
+    if mod is not None:
+        info["mod"] = mod
+    sdata.uns["maestro"] = h5ad_safe(info)
+    if neighbors or umap:
+        sample_graph(sdata, key_added, n_neighbors=n_neighbors, umap=umap, random_state=random_state)
+    return sdata
+
+
+def sample_graph(sdata: Any, use_rep: str, *, n_neighbors: int, umap: bool, random_state: int):
+    """Neighbours (and UMAP) of a sample-level AnnData, with ``n_neighbors`` capped."""
+    import scanpy as sc
+
+    n = sdata.n_obs
+    if n < 3:
+        warnings.warn(
+            f"Only {n} samples: no neighbour graph or UMAP computed.", UserWarning, stacklevel=3
+        )
+        return
+    k = min(n_neighbors, n - 1)
+    sc.pp.neighbors(sdata, use_rep=use_rep, n_neighbors=k, random_state=random_state)
+    if umap:
+        if n < 4:
+            warnings.warn(f"Only {n} samples: UMAP skipped.", UserWarning, stacklevel=3)
+            return
+        sc.tl.umap(sdata, random_state=random_state)

@@ -1,0 +1,72 @@
+"""The Lightning training plan around the plain-torch :class:`~maestro_sc.model.maestro.Maestro`.
+
+Lightning owns the loop, devices, precision, checkpoints and DDP; this module only says what one
+step is (SPEC §3, "Total loss"; paper Algorithm 3): the model's loss, AdamW with a cosine learning
+rate, and the EMA teacher update after each optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from ..model.distill import ema_momentum_at
+from ..model.maestro import Maestro
+
+#: Metrics of ``Maestro.training_loss`` kept in the training history.
+HISTORY_KEYS = ("loss", "rec", "sd", "z_std", "teacher_entropy")
+
+
+class MaestroTrainingPlan(pl.LightningModule):
+    """Training plan: loss, optimiser, cosine schedule, EMA teacher and the history table."""
+
+    def __init__(self, net: Maestro, total_steps: int, random_state: int = 0) -> None:
+        super().__init__()
+        self.net = net
+        self.total_steps = max(1, int(total_steps))
+        self.random_state = int(random_state)
+        self.history: list[dict] = []
+
+    def training_step(self, batch, batch_idx):
+        students, teachers = batch
+        generator = torch.Generator(device=students.device)
+        generator.manual_seed(self.random_state * 1_000_003 + self.global_step)
+        out = self.net.training_loss(students, teachers, generator=generator)
+        values = {k: float(out[k].detach()) for k in HISTORY_KEYS if k in out}
+        lr = self.optimizers().param_groups[0]["lr"]
+        self.log_dict(values, prog_bar=False, on_step=True, batch_size=students.shape[0])
+        self.log("rec", values.get("rec", math.nan), prog_bar=True, batch_size=students.shape[0])
+        if self.global_rank == 0:
+            self.history.append(
+                {"step": self.global_step, "epoch": self.current_epoch, "lr": lr, **values}
+            )
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        cfg = self.net.config
+        momentum = ema_momentum_at(
+            self.global_step, self.total_steps, cfg.ema_momentum, cfg.ema_final
+        )
+        self.net.update_teacher(momentum)
+
+    def configure_optimizers(self):
+        cfg = self.net.config
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        floor = cfg.lr_final / cfg.lr if cfg.lr > 0 else 0.0
+
+        def cosine(step: int) -> float:
+            progress = min(1.0, step / self.total_steps)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["maestro_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("maestro_history", []))
+
