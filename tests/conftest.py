@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny two-type cohort and the path to the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def tiny_cohort(n_samples: int = 8, n_cells: int = 300, n_markers: int = 5, seed: int = 0):
+    """Samples of two kinds: kind B has a population shifted on marker 0."""
+    rng = np.random.default_rng(seed)
+    blocks, obs = [], []
+    for s in range(n_samples):
+        kind = "A" if s % 2 == 0 else "B"
+        n = n_cells + 7 * s
+        x = rng.normal(0, 1, size=(n, n_markers)).astype(np.float32)
+        if kind == "B":
+            x[: n // 2, 0] += 3.0
+        blocks.append(x)
+        obs.append(pd.DataFrame({"sample": f"s{s}", "kind": kind, "cell": np.arange(n)}))
+    obs = pd.concat(obs, ignore_index=True)
+    obs["sample"] = obs["sample"].astype("category")
+    obs["kind"] = obs["kind"].astype("category")
+    obs.index = [f"c{i}" for i in range(len(obs))]
+    var = pd.DataFrame(index=[f"m{j}" for j in range(n_markers)])
+    return ad.AnnData(np.concatenate(blocks), obs=obs, var=var)
+
+
+@pytest.fixture
+def cohort():
+    return tiny_cohort()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
