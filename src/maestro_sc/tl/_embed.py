@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -196,33 +198,33 @@ def pretrain(
         from pytorch_lightning.callbacks import ModelCheckpoint
 
         callbacks.append(
-            ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, save_top_k=0,
+            ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, save_top_k=1,
                             every_n_epochs=1, save_on_train_epoch_end=True)
         )
-    trainer = pl.Trainer(
-        max_epochs=config.max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        precision=precision,
-        logger=False,
-        callbacks=callbacks,
-        enable_checkpointing=checkpoint_dir is not None,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        gradient_clip_val=config.grad_clip or None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
     logger.info(
         "Training MAESTRO (%s preset) on %d samples x %d markers: %d epochs x %d steps.",
         preset, len(samples), index.n_markers, config.max_epochs, steps_per_epoch,
     )
     start = time.perf_counter()
-    if total_steps > 0:
-        with _quiet_lightning():
-            trainer.fit(plan, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            max_epochs=config.max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            logger=False,
+            callbacks=callbacks,
+            enable_checkpointing=checkpoint_dir is not None,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            gradient_clip_val=config.grad_clip or None,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+        if total_steps > 0:
+            _fit_interruptible(trainer, plan, loader, resume)
     if trainer.interrupted:
         warnings.warn(
             "Training was interrupted; the model holds the last completed step.",
@@ -250,6 +252,23 @@ def pretrain(
     return MaestroModel(net.cpu(), index.markers, history=history, summary=summary)
 
 
+def _fit_interruptible(trainer, plan, loader, resume) -> None:
+    """``trainer.fit`` that survives Ctrl+C: the model keeps its last completed step.
+
+    Lightning answers a KeyboardInterrupt with ``sys.exit(1)`` and leaves SIGINT ignored; in a
+    notebook that would lose the model and disable the next Ctrl+C, so both are undone here.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(plan, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+
 class _quiet_lightning:
     """Silence Lightning's informational banners (GPU available, etc.) during ``fit``."""
 
@@ -263,6 +282,8 @@ class _quiet_lightning:
         self._warn.__enter__()
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*train_dataloader.*num_workers.*")
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         return self
 
     def __exit__(self, *exc):

@@ -36,8 +36,9 @@ class MaestroTrainingPlan(pl.LightningModule):
         out = self.net.training_loss(students, teachers, generator=generator)
         values = {k: float(out[k].detach()) for k in HISTORY_KEYS if k in out}
         lr = self.optimizers().param_groups[0]["lr"]
-        self.log_dict(values, prog_bar=False, on_step=True, batch_size=students.shape[0])
-        self.log("rec", values.get("rec", math.nan), prog_bar=True, batch_size=students.shape[0])
+        # The progress bar shows the losses; the full record is the history table.
+        shown = {k: values[k] for k in ("loss", "rec", "sd") if k in values}
+        self.log_dict(shown, prog_bar=True, on_step=True, batch_size=students.shape[0])
         if self.global_rank == 0:
             self.history.append(
                 {"step": self.global_step, "epoch": self.current_epoch, "lr": lr, **values}

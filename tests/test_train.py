@@ -1,0 +1,223 @@
+"""pretrain / embed_samples / MaestroModel: the Lightning layer and the user API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import maestro_sc as mst
+from maestro_sc.tl import MaestroModel
+
+from .conftest import tiny_cohort
+
+TINY = dict(
+    latent_dim=16, ff_dim=32, n_heads=2, n_inducing=8, n_sub=64, head_dim=32, batch_size=4
+)
+
+
+def train(adata, **kw):
+    args = dict(preset="cpu", max_epochs=2, progress=False, random_state=0, **TINY)
+    args.update(kw)
+    return mst.tl.pretrain(adata, "sample", **args)
+
+
+def test_pretrain_history_and_embed(cohort):
+    model = train(cohort)
+    assert isinstance(model, MaestroModel)
+    assert model.markers == list(cohort.var_names)
+    hist = model.history
+    assert len(hist) == model.summary["steps"] == 4  # 8 samples / batch 4 x 2 epochs
+    for col in ("loss", "rec", "sd", "z_std", "lr", "step"):
+        assert col in hist.columns
+    assert np.isfinite(hist["loss"]).all()
+    # cosine schedule: the learning rate decreases
+    assert hist["lr"].iloc[-1] < hist["lr"].iloc[0]
+    z = model.embed(cohort, "sample", progress=False)
+    assert list(z.index) == [f"s{i}" for i in range(8)]
+    assert np.isfinite(z.to_numpy()).all()
+
+
+def test_embed_samples_output(cohort):
+    before = cohort.copy()
+    sdata = mst.tl.embed_samples(cohort, "sample", preset="cpu", max_epochs=1, progress=False, **TINY)
+    assert list(sdata.obs_names) == [f"s{i}" for i in range(8)]
+    assert "X_maestro" in sdata.obsm and "X_umap" in sdata.obsm
+    assert "neighbors" in sdata.uns
+    assert list(sdata.uns["maestro"]["markers"]) == list(cohort.var_names)
+    assert "kind" in sdata.obs and "cell" not in sdata.obs
+    # the input is untouched
+    np.testing.assert_array_equal(before.X, cohort.X)
+    assert before.obs.equals(cohort.obs) and before.uns.keys() == cohort.uns.keys()
+
+
+def test_embedding_is_deterministic_and_bitwise_after_save_load(cohort, tmp_path):
+    model = train(cohort)
+    z1 = model.embed(cohort, "sample", progress=False).to_numpy()
+    z2 = model.embed(cohort, "sample", progress=False).to_numpy()
+    np.testing.assert_array_equal(z1, z2)
+    model.save(tmp_path / "m")
+    loaded = MaestroModel.load(tmp_path / "m")
+    np.testing.assert_array_equal(z1, loaded.embed(cohort, "sample", progress=False).to_numpy())
+    assert loaded.config.to_dict() == model.config.to_dict()
+    assert len(loaded.history) == len(model.history)
+
+
+def test_same_seed_same_model(cohort):
+    a = train(cohort).embed(cohort, "sample", progress=False).to_numpy()
+    b = train(cohort).embed(cohort, "sample", progress=False).to_numpy()
+    np.testing.assert_array_equal(a, b)
+    c = train(cohort, random_state=1).embed(cohort, "sample", progress=False).to_numpy()
+    assert not np.array_equal(a, c)
+
+
+def interrupt_at(monkeypatch, step):
+    """Make training raise KeyboardInterrupt when it reaches global step ``step``."""
+    from maestro_sc.train.module import MaestroTrainingPlan
+
+    original = MaestroTrainingPlan.training_step
+
+    def interrupting(self, batch, batch_idx):
+        if self.global_step == step:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(MaestroTrainingPlan, "training_step", interrupting)
+
+
+def test_resume_equals_uninterrupted(cohort, tmp_path, monkeypatch):
+    full = train(cohort, max_epochs=4)
+    # killed mid-epoch 3 (step 5 of 8): last.ckpt holds the end of epoch 2
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 5)
+        with pytest.warns(UserWarning, match="interrupted"):
+            train(cohort, max_epochs=4, checkpoint_dir=tmp_path / "ck")
+    resumed = train(cohort, max_epochs=4, resume=tmp_path / "ck" / "last.ckpt")
+    assert resumed.summary["steps"] == full.summary["steps"] == 8
+    za = full.embed(cohort, "sample", progress=False).to_numpy()
+    zb = resumed.embed(cohort, "sample", progress=False).to_numpy()
+    np.testing.assert_allclose(za, zb, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(full.history["loss"], resumed.history["loss"], rtol=1e-4)
+
+
+def test_keyboard_interrupt_leaves_usable_model(cohort, monkeypatch):
+    interrupt_at(monkeypatch, 2)
+    with pytest.warns(UserWarning, match="interrupted"):
+        model = train(cohort, max_epochs=3)
+    assert model.summary["interrupted"] and model.summary["steps"] == 2
+    assert np.isfinite(model.embed(cohort, "sample", progress=False).to_numpy()).all()
+
+
+def test_untrained_control(cohort):
+    model = train(cohort, max_epochs=0)
+    assert model.summary["steps"] == 0 and len(model.history) == 0
+    assert np.isfinite(model.embed(cohort, "sample", progress=False).to_numpy()).all()
+
+
+def test_small_samples_oversampled_and_tiny_ones_skipped():
+    adata = tiny_cohort(n_samples=6, n_cells=30)  # 30-65 cells < n_sub=64: used whole/oversampled
+    small = adata[~((adata.obs["sample"] == "s0") & (adata.obs["cell"] >= 10))].copy()
+    with pytest.warns(UserWarning, match="s0"):
+        model = train(small)
+    assert model.summary["n_samples"] == 5
+    with pytest.raises(ValueError, match="s0"):
+        train(small, strict=True)
+    # every sample (also the skipped one) still gets an embedding
+    assert model.embed(small, "sample", progress=False).shape[0] == 6
+
+
+def test_panel_mismatch_and_reorder(cohort):
+    model = train(cohort, max_epochs=1)
+    reordered = cohort[:, list(reversed(cohort.var_names))].copy()
+    np.testing.assert_allclose(
+        model.embed(cohort, "sample", progress=False).to_numpy(),
+        model.embed(reordered, "sample", progress=False).to_numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(KeyError, match="m0"):
+        model.embed(cohort[:, 1:].copy(), "sample", progress=False)
+    extra = cohort.copy()
+    extra.var_names = [*cohort.var_names[:-1], "CD_extra"]
+    with pytest.raises(KeyError, match="CD_extra"):
+        model.embed(extra, "sample", progress=False)
+
+
+def test_bad_inputs(cohort):
+    with pytest.raises(KeyError, match="kind"):  # the message lists the obs columns
+        mst.tl.pretrain(cohort, "donor", progress=False)
+    one = cohort[cohort.obs["sample"] == "s0"].copy()
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        train(one)
+    bad = cohort.copy()
+    bad.X[0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train(bad)
+    with pytest.raises(TypeError, match="Unknown MaestroConfig keys"):
+        train(cohort, latent_dimension=3)
+    with pytest.raises(TypeError, match="MaestroModel"):
+        mst.tl.embed_samples(cohort, "sample", model="not a model")
+
+
+def test_custom_key_added(cohort):
+    model = train(cohort, max_epochs=1)
+    sdata = mst.tl.embed_samples(
+        cohort, "sample", model=model, key_added="X_mine", progress=False, umap=False
+    )
+    assert "X_mine" in sdata.obsm and "X_maestro" not in sdata.obsm
+    assert "X_umap" not in sdata.obsm and "neighbors" in sdata.uns
+    assert sdata.uns["maestro"]["key_added"] == "X_mine"
+
+
+def test_corrupted_or_foreign_model_folder(cohort, tmp_path):
+    model = train(cohort, max_epochs=1)
+    path = model.save(tmp_path / "m")
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        MaestroModel.load(path)
+    (tmp_path / "foreign").mkdir()
+    with pytest.raises(ValueError, match="not a saved maestro_sc model"):
+        MaestroModel.load(tmp_path / "foreign")
+    path2 = model.save(tmp_path / "m2")
+    meta = (path2 / "maestro.json").read_text().replace('"format_version": 1', '"format_version": 99')
+    (path2 / "maestro.json").write_text(meta)
+    with pytest.raises(ValueError, match="format version 99"):
+        MaestroModel.load(path2)
+    with pytest.raises(FileExistsError):
+        model.save(path2)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    # Write a standalone script (DDP re-executes it for the second process).
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import numpy as np, anndata as ad, pandas as pd, torch
+            import maestro_sc as mst
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(8 * 200, 5)).astype("float32")
+            obs = pd.DataFrame({{"sample": np.repeat([f"s{{i}}" for i in range(8)], 200)}})
+            obs.index = obs.index.astype(str)
+            adata = ad.AnnData(x, obs=obs)
+            model = mst.tl.pretrain(adata, "sample", preset="cpu", max_epochs=1, progress=False,
+                                    accelerator="cpu", devices=2, strategy="ddp",
+                                    **{TINY!r})
+            if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+                raise SystemExit(0)
+            z = model.embed(adata, "sample", progress=False)
+            assert np.isfinite(z.to_numpy()).all() and z.shape[0] == 8
+            print("DDP_OK", model.summary["steps"])
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DDP_OK" in result.stdout
