@@ -1,0 +1,146 @@
+"""The set encoder ``f`` (paper eq. 8): ``Linear(d -> D) -> ISAB_m x 3 -> PMA_1 -> z``.
+
+Two evaluations of the same weights:
+
+- :meth:`SetEncoder.forward` for batches of equally sized sets (training), with the mask token
+  of NRBM (paper 3.2.1, F.2) replacing masked cells after the input ``Linear``;
+- :meth:`SetEncoder.streamed` for one set of any size (embedding, teacher): only ``MAB(I, X)``
+  and PMA see all cells at once, and both are few queries over ``n`` keys, so they run over cell
+  chunks with a log-sum-exp merge; the cell-wise ``MAB(X, H)`` runs chunk by chunk too. Memory
+  is ``O(n D + chunk (m + ff_dim))`` and the result equals ``forward`` to float tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import ISAB, PMA, chunks
+
+
+class _Trace(NamedTuple):
+    """Cell states around the last ISAB, kept for the readouts that need its attention."""
+
+    h_prev: Tensor  # input of the last ISAB, (1, n, D)
+    induced: Tensor  # its H = MAB(I, h_prev), (1, m, D)
+    induce_log_norm: Tensor  # softmax log normaliser of MAB(I, h_prev), (1, heads, m)
+    h_last: Tensor  # its output, (1, n, D)
+
+
+class SetEncoder(nn.Module):
+    """Permutation-invariant set encoder, paper eq. 8.
+
+    Parameters
+    ----------
+    n_markers, dim, n_heads, ff_dim, n_inducing, n_isab
+        ``d``, ``D``, heads, SwiGLU hidden width, ``m`` and the number of ISABs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> enc = SetEncoder(5, 16, 2, 32, 4, 3)
+    >>> enc(torch.randn(2, 100, 5)).shape
+    torch.Size([2, 16])
+    """
+
+    def __init__(
+        self, n_markers: int, dim: int, n_heads: int, ff_dim: int, n_inducing: int, n_isab: int
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(n_markers, dim)
+        self.mask_token = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+        self.isabs = nn.ModuleList(
+            ISAB(dim, n_heads, ff_dim, n_inducing) for _ in range(n_isab)
+        )
+        self.pool = PMA(dim, n_heads, ff_dim, n_seeds=1)
+
+    def cells(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Input ``Linear``; masked cells become the learned mask token (paper C.1 step 5)."""
+        h = self.embed(x)
+        if mask is not None:
+            h = torch.where(mask.unsqueeze(-1), self.mask_token.to(h.dtype), h)
+        return h
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, *, with_mass: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Encode a batch of sets ``(B, n, d)`` to ``z`` ``(B, D)``.
+
+        ``mask`` ``(B, n)`` marks cells to replace by the mask token. With ``with_mass`` also
+        returns the mean attention of the cells over the last ISAB's inducing points
+        ``(B, heads, m)``.
+        """
+        h = self.cells(x, mask)
+        for isab in self.isabs[:-1]:
+            h = isab(h)
+        last = self.isabs[-1]
+        induced = last.induced(h)
+        h_last = last.mab_cells(h, induced)
+        z = self.pool(h_last)[:, 0]
+        if not with_mass:
+            return z
+        return z, last.mab_cells.attn.weights(h, induced).mean(dim=2)
+
+    def _trace(self, x: Tensor, chunk_size: int) -> _Trace:
+        h = torch.cat([self.cells(x[:, sl]) for sl in chunks(x.shape[1], chunk_size)], dim=1)
+        for isab in self.isabs[:-1]:
+            h = _isab_streamed(isab, h, chunk_size)[0]
+        out, induced, log_norm = _isab_streamed(self.isabs[-1], h, chunk_size)
+        return _Trace(h, induced, log_norm, out)
+
+    def streamed(
+        self, x: Tensor, chunk_size: int, *, with_mass: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Encode one set ``(1, n, d)`` of any size in cell chunks; same result as ``forward``.
+
+        Returns ``z`` ``(1, D)``, and with ``with_mass`` the mass ``(1, heads, m)`` too.
+        """
+        trace = self._trace(x, chunk_size)
+        z = self.pool.streamed(trace.h_last, chunk_size)[0][:, 0]
+        if not with_mass:
+            return z
+        attn = self.isabs[-1].mab_cells.attn
+        mass = sum(
+            attn.weights(trace.h_prev[:, sl], trace.induced).sum(dim=2)
+            for sl in chunks(x.shape[1], chunk_size)
+        )
+        return z, mass / x.shape[1]
+
+    def cell_scores(self, x: Tensor, chunk_size: int) -> Tensor:
+        """Attention rollout from the pooling seed to each cell of one set ``(1, n, d)``.
+
+        ``score_i = sum_k w_k A_ind[k, i]`` with ``w = a_pool A_cells``: the PMA seed's attention
+        over the cells (``a_pool``), times the cells' attention over the last ISAB's induced
+        points (``A_cells``), times the inducing points' attention over the cells of that ISAB's
+        input (``A_ind``); heads averaged, residual paths ignored. Scores sum to 1.
+        """
+        trace = self._trace(x, chunk_size)
+        last, pool_attn = self.isabs[-1], self.pool.mab.attn
+        seeds = self.pool.seeds
+        _, pool_log_norm = self.pool.streamed(trace.h_last, chunk_size)
+        induced_weight = x.new_zeros(1, 1, trace.induced.shape[1])
+        for sl in chunks(x.shape[1], chunk_size):
+            a_pool = pool_attn.chunk_weights(seeds, trace.h_last[:, sl], pool_log_norm)
+            a_cells = last.mab_cells.attn.weights(trace.h_prev[:, sl], trace.induced)
+            induced_weight += a_pool.mean(dim=1) @ a_cells.mean(dim=1)
+        inducing = last.inducing
+        scores = [
+            induced_weight
+            @ last.mab_induce.attn.chunk_weights(
+                inducing, trace.h_prev[:, sl], trace.induce_log_norm
+            ).mean(dim=1)
+            for sl in chunks(x.shape[1], chunk_size)
+        ]
+        return torch.cat(scores, dim=-1).reshape(-1)
+
+
+def _isab_streamed(isab: ISAB, h: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``ISAB(h)`` in cell chunks; also ``H = MAB(I, h)`` and its log normaliser."""
+    induced, log_norm = isab.induced_streamed(h, chunk_size)
+    out = torch.empty_like(h)
+    for sl in chunks(h.shape[1], chunk_size):
+        out[:, sl] = isab.mab_cells(h[:, sl], induced)
+    return out, induced, log_norm

@@ -1,0 +1,372 @@
+"""The MAESTRO model (paper 3.2, Algorithm 3): student, EMA teacher, decoder, losses.
+
+:class:`Maestro` holds the marker scaler, the student encoder + projection head, the decoder and
+the teacher copies, and gives the framework-free training step (:meth:`Maestro.training_loss`)
+and the deterministic, streamed embedding (:meth:`Maestro.encode`). All public methods take raw
+(already arcsinh-transformed) cells and standardise them inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import MaestroConfig
+from .decoder import build_decoder
+from .distill import (
+    ProjectionHead,
+    distillation_loss,
+    ema_momentum_at,
+    ema_update,
+    entropy,
+    teacher_distribution,
+    update_center,
+)
+from .encoder import SetEncoder
+from .masking import multi_rate_masks, rand
+from .sinkhorn import sinkhorn_cost
+
+_WHICH = ("teacher", "student")
+
+
+class Maestro(nn.Module):
+    """MAESTRO: masked set encoder with self-distillation (paper 3.2).
+
+    Parameters
+    ----------
+    config
+        Hyper-parameters; ``config.n_markers`` must be set (> 0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from maestro_sc.model import Maestro, preset
+    >>> cfg = preset("cpu", n_markers=5, latent_dim=16, ff_dim=32, n_inducing=4, n_sub=64)
+    >>> model = Maestro(cfg)
+    >>> model.encode(torch.randn(1000, 5)).shape
+    torch.Size([16])
+    >>> out = model.training_loss(torch.randn(2, 64, 5), [torch.randn(300, 5)] * 2)
+    >>> sorted(out)[:3]
+    ['loss', 'ot_iters', 'rec']
+    """
+
+    def __init__(self, config: MaestroConfig) -> None:
+        super().__init__()
+        if config.n_markers < 1:
+            raise ValueError(
+                "config.n_markers is 0: set it to the number of markers of the data, e.g. "
+                "preset('cpu', n_markers=adata.n_vars)."
+            )
+        self.config = config
+        d, dim = config.n_markers, config.latent_dim
+        self.register_buffer("marker_mean", torch.zeros(d))
+        self.register_buffer("marker_std", torch.ones(d))
+        self.register_buffer("center", torch.zeros(config.head_dim))
+        self.encoder = SetEncoder(
+            d, dim, config.n_heads, config.ff_dim, config.n_inducing, config.n_isab
+        )
+        self.head = ProjectionHead(
+            dim, config.head_hidden, config.head_bottleneck, config.head_dim
+        )
+        self.decoder = build_decoder(config)
+        self.teacher_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+
+    # -- scaling ----------------------------------------------------------------------------
+
+    def set_scaler(self, mean: Tensor, std: Tensor) -> None:
+        """Store per-marker mean and std of the training cells (SPEC §2); std 0 becomes 1."""
+        mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+        d = self.config.n_markers
+        if mean.shape != (d,) or std.shape != (d,):
+            raise ValueError(
+                f"set_scaler needs mean and std of shape ({d},), got {tuple(mean.shape)} and "
+                f"{tuple(std.shape)}; compute them per marker over the training cells."
+            )
+        self.marker_mean.copy_(mean)
+        self.marker_std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` per marker, on the model's device, float32."""
+        x = torch.as_tensor(x, device=self.marker_mean.device, dtype=self.marker_mean.dtype)
+        return (x - self.marker_mean) / self.marker_std
+
+    # -- embedding --------------------------------------------------------------------------
+
+    def _encoder(self, which: str | None) -> SetEncoder:
+        which = self.config.embed_with if which is None else which
+        if which not in _WHICH:
+            raise ValueError(f"which={which!r} is not one of {_WHICH}.")
+        return self.teacher_encoder if which == "teacher" else self.encoder
+
+    def _cells(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.config.n_markers or x.shape[0] == 0:
+            raise ValueError(
+                f"Expected cells of shape (n >= 1, {self.config.n_markers}), got "
+                f"{tuple(x.shape)}; pass one sample's cells with the model's markers in order."
+            )
+        return self.standardize(x).unsqueeze(0)
+
+    def _autocast(self):
+        device = self.marker_mean.device.type
+        if self.config.dtype == "float32" or device != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast(device, dtype=getattr(torch, self.config.dtype))
+
+    def _readout(self, z: Tensor, mass: Tensor | None) -> Tensor:
+        """The embedding: ``z``, or ``z`` with the attention mass over the inducing points."""
+        if mass is None:
+            return z.float()
+        if self.config.mass_log:
+            log_mass = mass.float().clamp_min(1e-12).log()
+            mass = log_mass - log_mass.mean(dim=-1, keepdim=True)  # centred log-ratio per head
+        return torch.cat([z.float(), mass.float().flatten(1)], dim=1)
+
+    @torch.no_grad()
+    def encode(
+        self, x: Tensor, *, which: str | None = None, chunk_size: int | None = None
+    ) -> Tensor:
+        """Embedding of one sample from all its cells, streamed; deterministic, no grad.
+
+        Parameters
+        ----------
+        x
+            Raw cells ``(n, d)``, any ``n >= 1``.
+        which
+            ``"teacher"`` or ``"student"`` encoder (default ``config.embed_with``).
+        chunk_size
+            Cells per chunk (default ``config.chunk_size``).
+
+        Returns
+        -------
+        Embedding ``(E,)``, ``E = config.embedding_dim``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4))
+        >>> model.encode(torch.randn(7, 3), chunk_size=2).shape
+        torch.Size([8])
+        """
+        cells = self._cells(x)
+        mass = self.config.readout == "pma+mass"
+        with self._autocast():
+            out = self._encoder(which).streamed(
+                cells, chunk_size or self.config.chunk_size, with_mass=mass
+            )
+        z, m = out if mass else (out, None)
+        return self._readout(z, m)[0]
+
+    def encode_batch(self, x: Tensor, which: str | None = None) -> Tensor:
+        """Embeddings ``(B, E)`` of equally sized raw sets ``(B, n, d)`` in one forward pass.
+
+        The student path keeps gradients (unless the caller disabled them); the teacher path
+        runs without.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4))
+        >>> model.encode_batch(torch.randn(2, 50, 3), which="student").shape
+        torch.Size([2, 8])
+        """
+        encoder = self._encoder(which)
+        mass = self.config.readout == "pma+mass"
+        grad = contextlib.nullcontext() if encoder is self.encoder else torch.no_grad()
+        with grad:
+            out = encoder(self.standardize(x), with_mass=mass)
+        z, m = out if mass else (out, None)
+        return self._readout(z, m)
+
+    @torch.no_grad()
+    def cell_scores(
+        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
+    ) -> Tensor:
+        """Per-cell attribution: attention rollout from the pooling seed to each cell.
+
+        The PMA seed's attention over the cells, times the cells' attention over the last
+        ISAB's induced points, times those points' attention over the cells (heads averaged),
+        streamed. Scores are non-negative and sum to 1 over the sample.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4))
+        >>> round(float(model.cell_scores(torch.randn(40, 3)).sum()), 4)
+        1.0
+        """
+        encoder = self._encoder(which)
+        return encoder.cell_scores(self._cells(x), chunk_size or self.config.chunk_size).float()
+
+    @torch.no_grad()
+    def reconstruct(
+        self, x: Tensor, rate: float, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Mask one set at ``rate`` and reconstruct it with the student (for plots).
+
+        Returns the standardised cells ``(n, d)``, the mask ``(n,)`` and the reconstruction
+        ``(n_out, d)`` in standardised space (``n_out = n``, or ``n_sub`` for ``"paper"``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4))
+        >>> cells, mask, recon = model.reconstruct(torch.randn(30, 3), 0.5)
+        >>> int(mask.sum()), recon.shape
+        (15, torch.Size([30, 3]))
+        """
+        cells = self._cells(x)
+        mask = multi_rate_masks(cells, (rate,), self.config.mask_mode, generator)
+        z = self.encoder(cells, mask)
+        recon = self.decoder(z, mask, generator, mask_token=self.encoder.mask_token)
+        return cells[0], mask[0], recon[0]
+
+    # -- training ---------------------------------------------------------------------------
+
+    def _teacher_logits(
+        self, teacher_sets: Sequence[Tensor], generator: torch.Generator | None
+    ) -> Tensor:
+        cap = self.config.teacher_max_cells
+        sets = []
+        for cells in teacher_sets:
+            if cap is not None and cells.shape[0] > cap:
+                keep = rand((cells.shape[0],), generator, cells.device).argsort()[:cap]
+                cells = cells[keep]
+            sets.append(self._cells(cells))
+        chunk = self.config.chunk_size
+        if len({s.shape[1] for s in sets}) == 1 and sets[0].shape[1] <= chunk:
+            z = self.teacher_encoder(torch.cat(sets))
+        else:
+            z = torch.cat([self.teacher_encoder.streamed(s, chunk) for s in sets])
+        return self.teacher_head(z)
+
+    def training_loss(
+        self,
+        student_sets: Tensor,
+        teacher_sets: Sequence[Tensor],
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """One MAESTRO training step's losses (paper Algorithm 3, steps 3-9).
+
+        The student subsets are masked at every rate of ``config.mask_rates`` (one batch of
+        ``B * V`` views), encoded by the student, decoded, and compared with the whole
+        standardised subset by the Sinkhorn loss; the teacher encodes each sample's
+        ``teacher_sets`` cells (capped at ``config.teacher_max_cells``), and the student's
+        projected views are distilled towards it. Updates the teacher centre (no grad). The
+        caller back-propagates ``out["loss"]``, steps the optimiser and calls
+        :meth:`update_teacher`.
+
+        Parameters
+        ----------
+        student_sets
+            Raw cells ``(B, n_sub, d)``: one random subset per sample.
+        teacher_sets
+            ``B`` tensors ``(n_i, d)``: each sample's cells for the teacher.
+        generator
+            Random generator for masks, decoder queries and teacher subsampling.
+
+        Returns
+        -------
+        ``loss`` (with grad), ``rec``, ``sd``, ``z_std`` (mean over dimensions of the std of
+        student ``z`` across the batch's views), ``teacher_entropy`` (of the centred, sharpened
+        teacher distribution, nats), ``ot_iters``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                               n_sub=32, head_dim=16))
+        >>> out = model.training_loss(torch.randn(2, 32, 3), [torch.randn(100, 3)] * 2)
+        >>> out["loss"].backward()
+        """
+        cfg = self.config
+        if student_sets.ndim != 3 or student_sets.shape[-1] != cfg.n_markers:
+            raise ValueError(
+                f"student_sets must be (B, n, {cfg.n_markers}), got {tuple(student_sets.shape)}."
+            )
+        if len(teacher_sets) != student_sets.shape[0]:
+            raise ValueError(
+                f"Got {len(teacher_sets)} teacher sets for {student_sets.shape[0]} student "
+                "sets; pass one teacher set per sample."
+            )
+        n_views = len(cfg.mask_rates)
+        cells = self.standardize(student_sets)
+        masks = multi_rate_masks(cells, cfg.mask_rates, cfg.mask_mode, generator)
+        views = cells.repeat_interleave(n_views, dim=0)
+        z = self.encoder(views, masks)
+        recon = self.decoder(z, masks, generator, mask_token=self.encoder.mask_token)
+        rec, ot_iters = sinkhorn_cost(
+            recon,
+            views,
+            cfg.ot_epsilon,
+            cfg.ot_max_iter,
+            cfg.ot_tol,
+            cfg.ot_debiased,
+            return_n_iter=True,
+        )
+        student_logits = self.head(z).view(student_sets.shape[0], n_views, -1)
+        with torch.no_grad():
+            teacher_logits = self._teacher_logits(teacher_sets, generator).float()
+            teacher_entropy = entropy(
+                teacher_distribution(teacher_logits, self.center, cfg.teacher_temp)
+            )
+        sd = distillation_loss(
+            student_logits.float(), teacher_logits, self.center, cfg.student_temp, cfg.teacher_temp
+        )
+        update_center(self.center, teacher_logits, cfg.center_momentum)
+        rec = rec.mean()
+        return {
+            "loss": cfg.w_rec * rec + cfg.w_sd * sd,
+            "rec": rec.detach(),
+            "sd": sd.detach(),
+            "z_std": z.detach().float().std(dim=0).mean(),
+            "teacher_entropy": teacher_entropy,
+            "ot_iters": torch.tensor(float(ot_iters)),
+        }
+
+    def update_teacher(self, momentum: float) -> None:
+        """EMA of every student encoder + head parameter into the teacher (paper eq. 13)."""
+        ema_update(self._teacher_tensors(), self._student_tensors(), momentum)
+
+    def _student_tensors(self) -> list[Tensor]:
+        return [*self.encoder.parameters(), *self.head.parameters()]
+
+    def _teacher_tensors(self) -> list[Tensor]:
+        return [*self.teacher_encoder.parameters(), *self.teacher_head.parameters()]
+
+    def ema_momentum_at(self, step: int, total_steps: int) -> float:
+        """Teacher EMA momentum at ``step``: cosine from ``ema_momentum`` to ``ema_final``."""
+        return ema_momentum_at(step, total_steps, self.config.ema_momentum, self.config.ema_final)
+
+    def train(self, mode: bool = True) -> Maestro:
+        """Set training mode; the teacher always stays in eval mode (paper 3.2.3)."""
+        super().train(mode)
+        self.teacher_encoder.eval()
+        self.teacher_head.eval()
+        return self
+
+
+def parameter_counts(config: MaestroConfig) -> dict[str, int]:
+    """Trainable parameters per part (encoder, head, decoder, total), without allocating them.
+
+    Examples
+    --------
+    >>> from maestro_sc.model import parameter_counts, preset
+    >>> parameter_counts(preset("cpu", n_markers=30))["total"] > 0
+    True
+    """
+    with torch.device("meta"):
+        model = Maestro(config)
+    parts = {"encoder": model.encoder, "head": model.head, "decoder": model.decoder}
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    counts["total"] = sum(counts.values())
+    return counts

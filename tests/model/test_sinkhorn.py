@@ -1,0 +1,93 @@
+"""Sinkhorn OT loss (paper eq. 10, C.2) against POT, batching, envelope gradient, debiasing."""
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from maestro_sc.model.sinkhorn import sinkhorn_cost, squared_distances
+
+TIGHT = dict(max_iter=5000, tol=1e-10)
+
+
+def pot_value(x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
+    m = ot.dist(x.numpy(), y.numpy())  # squared Euclidean
+    return float(ot.solve(m, reg=eps, max_iter=5000, tol=1e-12).value)
+
+
+@pytest.mark.parametrize(("n", "k", "rel"), [(5, 5, 0.1), (30, 45, 0.05), (120, 90, 0.02)])
+def test_value_matches_pot(n, k, rel):
+    x, y = torch.randn(2, n, 3, dtype=torch.float64), torch.randn(2, k, 3, dtype=torch.float64)
+    y[1] = 0.5 * y[1] + 1.0
+    values = sinkhorn_cost(x, y, rel, **TIGHT)
+    for i in range(2):
+        eps = rel * float(squared_distances(x[i : i + 1], y[i : i + 1]).mean())
+        expected = pot_value(x[i], y[i], eps)
+        assert abs(float(values[i]) - expected) <= 1e-4 * abs(expected)
+
+
+def test_float32_default_is_close_to_pot():
+    x, y = torch.randn(1, 200, 8), torch.randn(1, 150, 8) * 0.7
+    value, n_iter = sinkhorn_cost(x, y, 0.02, 500, 1e-5, return_n_iter=True)
+    eps = 0.02 * float(squared_distances(x, y).mean())
+    expected = pot_value(x[0].double(), y[0].double(), eps)
+    assert abs(float(value[0]) - expected) <= 1e-3 * expected
+    assert 1 <= n_iter < 500
+
+
+def test_batched_equals_per_item():
+    x, y = torch.randn(4, 60, 5, dtype=torch.float64), torch.randn(4, 70, 5, dtype=torch.float64)
+    y = y * torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64).view(4, 1, 1)
+    batched = sinkhorn_cost(x, y, 0.05, **TIGHT)
+    single = torch.cat([sinkhorn_cost(x[i : i + 1], y[i : i + 1], 0.05, **TIGHT) for i in range(4)])
+    torch.testing.assert_close(batched, single, rtol=1e-9, atol=0)
+
+
+def test_gradient_matches_pot_envelope():
+    x = torch.randn(1, 40, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 50, 3, dtype=torch.float64, requires_grad=True)
+    eps = 0.05 * float(squared_distances(x, y).detach().mean())
+    sinkhorn_cost(x, y, epsilon=eps, **TIGHT).sum().backward()
+
+    xp, yp = x[0].detach().clone().requires_grad_(), y[0].detach().clone().requires_grad_()
+    res = ot.solve(ot.dist(xp, yp), reg=eps, grad="envelope", max_iter=5000, tol=1e-12)
+    res.value.backward()
+    torch.testing.assert_close(x.grad[0], xp.grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(y.grad[0], yp.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_gradient_matches_finite_differences():
+    x = torch.randn(1, 12, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 15, 2, dtype=torch.float64)
+    eps = 0.1 * float(squared_distances(x, y).detach().mean())
+    sinkhorn_cost(x, y, epsilon=eps, **TIGHT).sum().backward()
+    h, numeric = 1e-6, torch.zeros_like(x)
+    with torch.no_grad():
+        for idx in np.ndindex(*x.shape):
+            plus, minus = x.clone(), x.clone()
+            plus[idx] += h
+            minus[idx] -= h
+            diff = sinkhorn_cost(plus, y, epsilon=eps, **TIGHT) - sinkhorn_cost(
+                minus, y, epsilon=eps, **TIGHT
+            )
+            numeric[idx] = diff.sum() / (2 * h)
+    torch.testing.assert_close(x.grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_identical_sets_debiased_is_zero():
+    x = torch.randn(2, 80, 4, dtype=torch.float64)
+    loose = dict(max_iter=500, tol=1e-8)
+    plain = sinkhorn_cost(x, x.clone(), 0.05, **loose)
+    debiased = sinkhorn_cost(x, x.clone(), 0.05, debiased=True, **loose)
+    assert (plain > 0).all()  # the entropic bias
+    assert debiased.abs().max() < 1e-8 * plain.min()
+    other = sinkhorn_cost(x, x + 1.0, 0.05, debiased=True, **loose)
+    assert (other > 0.5).all()
+
+
+def test_small_epsilon_is_stable_in_float32():
+    x, y = torch.randn(3, 300, 10) * 3, torch.randn(3, 200, 10)
+    x.requires_grad_(True)
+    value = sinkhorn_cost(x, y, 1e-3, max_iter=300, tol=1e-4)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(x.grad).all()
