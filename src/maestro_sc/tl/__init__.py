@@ -1,12 +1,8 @@
 """Tools: training, embedding, aggregation, evaluation and baselines (scanpy's ``tl``)."""
 
-from ._aggregate import aggregate_samples
-from ._embed import embed_samples, pretrain
-from ._model import MaestroModel
-
-__all__ = ["MaestroModel", "aggregate_samples", "embed_samples", "pretrain"]
-
 from . import _baselines as baselines
+from ._aggregate import aggregate_samples
+from ._attribution import cell_attribution
 from ._baselines import (
     add_baselines,
     baseline_flowsom,
@@ -15,17 +11,24 @@ from ._baselines import (
     baseline_means,
     baseline_quantiles,
 )
+from ._embed import embed_samples, pretrain
 from ._evaluate import celltype_retrieval, linear_probe, nn_contingency
+from ._model import MaestroModel
 
-__all__ += [
+__all__ = [
+    "MaestroModel",
     "add_baselines",
+    "aggregate_samples",
     "baseline_flowsom",
     "baseline_gated",
     "baseline_kmeans",
     "baseline_means",
     "baseline_quantiles",
     "baselines",
+    "cell_attribution",
     "celltype_retrieval",
+    "embed_samples",
     "linear_probe",
     "nn_contingency",
+    "pretrain",
 ]
