@@ -91,3 +91,16 @@ def test_small_epsilon_is_stable_in_float32():
     value = sinkhorn_cost(x, y, 1e-3, max_iter=300, tol=1e-4)
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(x.grad).all()
+
+
+def test_overrelaxation_same_solution_fewer_iterations():
+    centers = torch.randn(5, 6, dtype=torch.float64) * 3
+    x = centers[torch.randint(0, 5, (2, 150))] + 0.3 * torch.randn(2, 150, 6, dtype=torch.float64)
+    y = centers[torch.randint(0, 5, (2, 120))] + 0.3 * torch.randn(2, 120, 6, dtype=torch.float64)
+    runs = {
+        flag: sinkhorn_cost(x, y, 0.02, 20000, 1e-7, overrelax=flag, return_n_iter=True)
+        for flag in (False, True)
+    }
+    (plain, plain_iters), (fast, fast_iters) = runs[False], runs[True]
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=0)
+    assert fast_iters < 0.5 * plain_iters

@@ -167,9 +167,7 @@ class ISAB(nn.Module):
 
     def induced_streamed(self, x: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
         """``H = MAB(I, X)`` over cell chunks, and its attention log normaliser."""
-        return self.mab_induce.streamed(
-            self.inducing.expand(x.shape[0], -1, -1), x, chunk_size
-        )
+        return self.mab_induce.streamed(self.inducing.expand(x.shape[0], -1, -1), x, chunk_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mab_cells(x, self.induced(x))

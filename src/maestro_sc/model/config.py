@@ -167,7 +167,13 @@ class MaestroConfig:
                 f"mask_rates={self.mask_rates} must be a non-empty tuple of rates in [0, 1)."
             )
         for name in (
-            "latent_dim", "ff_dim", "n_heads", "n_inducing", "n_isab", "n_sub", "head_dim"
+            "latent_dim",
+            "ff_dim",
+            "n_heads",
+            "n_inducing",
+            "n_isab",
+            "n_sub",
+            "head_dim",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"MaestroConfig.{name} must be >= 1, got {getattr(self, name)}.")
@@ -264,7 +270,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_inducing=32,
         decoder="queries",
         decoder_block="isab",
-        n_sub=1024,
+        n_sub=512,
         head_dim=256,
         head_hidden=256,
         head_bottleneck=64,

@@ -52,9 +52,7 @@ class SetEncoder(nn.Module):
         super().__init__()
         self.embed = nn.Linear(n_markers, dim)
         self.mask_token = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
-        self.isabs = nn.ModuleList(
-            ISAB(dim, n_heads, ff_dim, n_inducing) for _ in range(n_isab)
-        )
+        self.isabs = nn.ModuleList(ISAB(dim, n_heads, ff_dim, n_inducing) for _ in range(n_isab))
         self.pool = PMA(dim, n_heads, ff_dim, n_seeds=1)
 
     def cells(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -69,9 +69,7 @@ class Maestro(nn.Module):
         self.encoder = SetEncoder(
             d, dim, config.n_heads, config.ff_dim, config.n_inducing, config.n_isab
         )
-        self.head = ProjectionHead(
-            dim, config.head_hidden, config.head_bottleneck, config.head_dim
-        )
+        self.head = ProjectionHead(dim, config.head_hidden, config.head_bottleneck, config.head_dim)
         self.decoder = build_decoder(config)
         self.teacher_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)

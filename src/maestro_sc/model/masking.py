@@ -24,7 +24,9 @@ def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torc
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
-def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+def randn(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     """Standard normal numbers drawn on the generator's device, moved to ``device``."""
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)

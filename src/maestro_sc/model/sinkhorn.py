@@ -22,18 +22,43 @@ def squared_distances(x: Tensor, y: Tensor) -> Tensor:
     return (xx + yy - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
 
 
+#: Plain Sinkhorn iterations before the over-relaxation factor is estimated from their rate.
+_WARMUP = 10
+#: Largest over-relaxation factor; 1.9 was seen to overshoot into overflow on clustered data.
+_MAX_OMEGA = 1.8
+
+
+def _omega(errors: list[float]) -> float:
+    """Over-relaxation factor ``2 / (1 + sqrt(1 - r))`` from the observed error decay ``r``
+    of plain Sinkhorn (Thibault et al. 2021; Lehmann et al. 2022), at most ``_MAX_OMEGA``."""
+    first, last = errors[-6], errors[-1]
+    if not (0 < last < first and math.isfinite(first)):
+        return 1.0
+    rate = (last / first) ** (1 / 5)
+    return min(_MAX_OMEGA, 2 / (1 + math.sqrt(1 - rate)))
+
+
 @torch.no_grad()
 def sinkhorn_plan(
-    cost: Tensor, epsilon: Tensor, max_iter: int, tol: float, absorb_at: float = 30.0
+    cost: Tensor,
+    epsilon: Tensor,
+    max_iter: int,
+    tol: float,
+    overrelax: bool = True,
+    absorb_at: float = 30.0,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Entropic OT plan for uniform marginals by stabilised Sinkhorn, batched.
+    """Entropic OT plan for uniform marginals by stabilised, over-relaxed Sinkhorn, batched.
 
     The potentials are kept in the log domain and absorbed into the kernel
     ``K = exp(f_i + g_j - C_ij / eps)``; between absorptions the iterations are scaling
     updates ``u = 1 / (K b v)``, ``v = 1 / (K^T a u)`` (two batched mat-vecs instead of two
     log-sum-exp passes over the whole matrix), and the scalings are folded back into
     ``f, g`` whenever ``|log u|`` or ``|log v|`` exceeds ``absorb_at`` (Schmitzer 2019), so
-    nothing over- or underflows for small ``epsilon``.
+    nothing over- or underflows for small ``epsilon``. With ``overrelax``, after
+    ``_WARMUP`` plain iterations each update becomes ``u <- u^(1 - w) u_sinkhorn^w`` with ``w``
+    set from the observed convergence rate: the same fixed point, reached in a fraction of the
+    iterations when ``epsilon`` is small (where plain Sinkhorn crawls). Should it ever produce
+    a non-finite plan, the solve is redone without over-relaxation.
 
     Parameters
     ----------
@@ -43,7 +68,9 @@ def sinkhorn_plan(
         Regularisation per problem ``(B,)``.
     max_iter, tol
         Iteration cap; stop once every problem's L1 row-marginal error is below ``tol``
-        (the column marginals are exact after every iteration).
+        (the column marginals are made exact at the end).
+    overrelax
+        Use adaptive over-relaxation.
 
     Returns
     -------
@@ -65,34 +92,43 @@ def sinkhorn_plan(
     g = (scaled - f.unsqueeze(2)).amin(dim=1)
     kernel = torch.exp(f.unsqueeze(2) + g.unsqueeze(1) - scaled)
     u, v = torch.ones_like(f), torch.ones_like(g)
+    omega, errors = 1.0, []
     n_iter = 0
     while n_iter < max_iter:
         n_iter += 1
         # v K^T is a faster batched mat-vec than K v on CPU for contiguous K
         row_sums = (v.unsqueeze(1) @ kernel.transpose(1, 2)).squeeze(1)
-        u_next = 1.0 / (b * row_sums).clamp_min(1e-30)
-        error = (a * (u / u_next - 1).abs()).sum(dim=1).max()
-        u = u_next
-        v = 1.0 / (a * (u.unsqueeze(1) @ kernel).squeeze(1)).clamp_min(1e-30)
-        if error < tol:
+        u_plain = 1.0 / (b * row_sums).clamp_min(1e-30)
+        error = float((a * (u / u_plain - 1).abs()).sum(dim=1).max())
+        errors.append(error)
+        if overrelax and n_iter == _WARMUP:
+            omega = _omega(errors)
+        u = u_plain if omega == 1.0 else u.pow(1 - omega) * u_plain.pow(omega)
+        v_plain = 1.0 / (a * (u.unsqueeze(1) @ kernel).squeeze(1)).clamp_min(1e-30)
+        v = v_plain if omega == 1.0 else v.pow(1 - omega) * v_plain.pow(omega)
+        if error < tol or not math.isfinite(error):
             break
         if max(u.log().abs().max(), v.log().abs().max()) > absorb_at:
             f, g = f + u.log(), g + v.log()
             kernel = torch.exp(f.unsqueeze(2) + g.unsqueeze(1) - scaled)
             u, v = torch.ones_like(f), torch.ones_like(g)
+    # a last plain column update makes the column marginals exact (total mass 1)
+    v = 1.0 / (a * (u.unsqueeze(1) @ kernel).squeeze(1)).clamp_min(1e-30)
     plan = kernel.mul_(u.unsqueeze(2) * (a * b)).mul_(v.unsqueeze(1))
+    if omega != 1.0 and not torch.isfinite(plan).all():
+        return sinkhorn_plan(cost, epsilon, max_iter, tol, overrelax=False, absorb_at=absorb_at)
     return plan, f + u.log(), g + v.log(), n_iter
 
 
 def entropic_ot(
-    x: Tensor, y: Tensor, epsilon: Tensor, max_iter: int, tol: float
+    x: Tensor, y: Tensor, epsilon: Tensor, max_iter: int, tol: float, overrelax: bool = True
 ) -> tuple[Tensor, int]:
     """Entropic OT objective ``<P, C> + eps KL(P || a b^T)`` per pair, envelope gradient.
 
     ``epsilon`` ``(B,)`` is absolute. Returns the values ``(B,)`` and the iteration count.
     """
     cost = squared_distances(x.detach(), y.detach())
-    plan, f, g, n_iter = sinkhorn_plan(cost, epsilon, max_iter, tol)
+    plan, f, g, n_iter = sinkhorn_plan(cost, epsilon, max_iter, tol, overrelax)
     del cost
     rows, cols = plan.sum(dim=2), plan.sum(dim=1)
     # with P = a b exp(f + g - C/eps): <P, C> + eps KL(P || ab) = eps (<rows, f> + <cols, g>)
@@ -115,6 +151,7 @@ def sinkhorn_cost(
     debiased: bool = False,
     *,
     epsilon: float | Tensor | None = None,
+    overrelax: bool = True,
     return_n_iter: bool = False,
 ) -> Tensor | tuple[Tensor, int]:
     """Entropic OT loss between batches of point sets (paper eq. 10, appendix C.2).
@@ -133,6 +170,9 @@ def sinkhorn_cost(
         which is 0 for identical sets.
     epsilon
         Absolute regularisation (scalar or ``(B,)``); overrides ``epsilon_rel``.
+    overrelax
+        Adaptive over-relaxation of the Sinkhorn updates (same solution, fewer iterations);
+        see :func:`sinkhorn_plan`.
     return_n_iter
         Also return the number of Sinkhorn iterations run (largest over the calls).
 
@@ -154,10 +194,10 @@ def sinkhorn_cost(
             eps = epsilon_rel * squared_distances(x.detach(), y.detach()).mean(dim=(1, 2))
         else:
             eps = torch.as_tensor(epsilon, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        value, n_iter = entropic_ot(x, y, eps, max_iter, tol)
+        value, n_iter = entropic_ot(x, y, eps, max_iter, tol, overrelax)
         if debiased:
-            value_xx, iter_xx = entropic_ot(x, x, eps, max_iter, tol)
-            value_yy, iter_yy = entropic_ot(y, y, eps, max_iter, tol)
+            value_xx, iter_xx = entropic_ot(x, x, eps, max_iter, tol, overrelax)
+            value_yy, iter_yy = entropic_ot(y, y, eps, max_iter, tol, overrelax)
             value = value - 0.5 * (value_xx + value_yy)
             n_iter = max(n_iter, iter_xx, iter_yy)
     return (value, n_iter) if return_n_iter else value
