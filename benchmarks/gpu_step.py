@@ -85,7 +85,7 @@ def step_benchmark(name, n_sub, n_teacher, d, device, repeats, dtype, **override
     n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     result = {
         "preset": name, "n_sub": n_sub, "views": len(cfg.mask_rates), "batch": cfg.batch_size,
-        "teacher_cells": n_teacher, "markers": d, "params": n_params,
+        "teacher_cells": n_teacher, "teacher_max_cells": cfg.teacher_max_cells, "markers": d, "params": n_params,
         "step_s_min": round(best, 4), "step_s_median": round(median, 4),
         "peak_gib": round(peak, 2), "step_tflop": round(flops / 1e12, 3),
         "achieved_tflops": round(flops / best / 1e12, 1),
@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default=None, help="run one preset only")
+    parser.add_argument("--teacher-max-cells", type=int, default=None,
+                        help="cap the teacher's cells (default: all 10^6, streamed)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
         if args.only and preset_name != args.only:
             continue
         try:
+            if args.teacher_max_cells:
+                extra = {**extra, "teacher_max_cells": args.teacher_max_cells}
             res = step_benchmark(preset_name, n_sub, n_teacher, 30, device, args.repeats,
                                  "bfloat16", **extra)
         except torch.cuda.OutOfMemoryError as err:  # report, keep going

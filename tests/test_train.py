@@ -15,7 +15,14 @@ from maestro_sc.tl import MaestroModel
 from .conftest import tiny_cohort
 
 TINY = dict(
-    latent_dim=16, ff_dim=32, n_heads=2, n_inducing=8, n_sub=64, head_dim=32, batch_size=4
+    latent_dim=16,
+    ff_dim=32,
+    n_heads=2,
+    n_inducing=8,
+    n_sub=64,
+    head_dim=32,
+    batch_size=4,
+    min_steps=0,
 )
 
 
@@ -43,7 +50,9 @@ def test_pretrain_history_and_embed(cohort):
 
 def test_embed_samples_output(cohort):
     before = cohort.copy()
-    sdata = mst.tl.embed_samples(cohort, "sample", preset="cpu", max_epochs=1, progress=False, **TINY)
+    sdata = mst.tl.embed_samples(
+        cohort, "sample", preset="cpu", max_epochs=1, progress=False, **TINY
+    )
     assert list(sdata.obs_names) == [f"s{i}" for i in range(8)]
     assert "X_maestro" in sdata.obsm and "X_umap" in sdata.obsm
     assert "neighbors" in sdata.uns
@@ -183,7 +192,9 @@ def test_corrupted_or_foreign_model_folder(cohort, tmp_path):
     with pytest.raises(ValueError, match="not a saved maestro_sc model"):
         MaestroModel.load(tmp_path / "foreign")
     path2 = model.save(tmp_path / "m2")
-    meta = (path2 / "maestro.json").read_text().replace('"format_version": 1', '"format_version": 99')
+    meta = (
+        (path2 / "maestro.json").read_text().replace('"format_version": 1', '"format_version": 99')
+    )
     (path2 / "maestro.json").write_text(meta)
     with pytest.raises(ValueError, match="format version 99"):
         MaestroModel.load(path2)

@@ -55,8 +55,19 @@ class SampleIndex:
         mod: str | None = None,
         check_values: bool = True,
     ) -> None:
+        if not isinstance(sample_key, str):
+            raise TypeError(
+                f"`sample_key` must be the obs column (str) holding each cell's sample id, got "
+                f"{sample_key!r}."
+            )
         adata, labels, cols = validate_cells(
-            adata, sample_key, markers=markers, layer=layer, mod=mod, check_values=check_values
+            adata,
+            sample_key,
+            markers=markers,
+            layer=layer,
+            mod=mod,
+            check_values=check_values,
+            float32=True,
         )
         codes, uniques = pd.factorize(labels.to_numpy(), sort=False)
         self.adata = adata

@@ -61,13 +61,20 @@ def resolve_cells(data: Any, mod: str | None = None) -> tuple[AnnData, Any]:
 def sample_labels(adata: AnnData, sample_key: str, mdata: Any = None) -> pd.Series:
     """The per-cell sample labels of ``adata`` (looked up in the modality, then in MuData obs)."""
     if not isinstance(sample_key, str):
-        raise TypeError(f"`sample_key` must be a column name (str), got {type(sample_key).__name__}.")
+        raise TypeError(
+            f"`sample_key` must be a column name (str), got {type(sample_key).__name__}."
+        )
     if sample_key in adata.obs.columns:
         return adata.obs[sample_key]
     if mdata is not None:
         if sample_key in mdata.obs.columns:
-            col = mdata.obs[sample_key]
-            return col.reindex(adata.obs_names)
+            return _align_to_cells(mdata.obs[sample_key], adata, sample_key)
+        # scverse's "mod:column" names a modality's column; mudata >= 0.4 no longer copies
+        # those into the global obs on update, so look in the modality itself.
+        mod_name, _, column = sample_key.partition(":")
+        other = mdata.mod.get(mod_name) if column else None
+        if other is not None and column in other.obs.columns:
+            return _align_to_cells(other.obs[column], adata, sample_key)
         raise KeyError(
             f"sample_key {sample_key!r} is neither in the modality's obs "
             f"{list(adata.obs.columns)} nor in the MuData's global obs {list(mdata.obs.columns)}. "
@@ -77,6 +84,47 @@ def sample_labels(adata: AnnData, sample_key: str, mdata: Any = None) -> pd.Seri
         f"sample_key {sample_key!r} is not a column of adata.obs. Available columns: "
         f"{list(adata.obs.columns)}. Pass one of them as `sample_key`."
     )
+
+
+def _align_to_cells(col: pd.Series, adata: AnnData, sample_key: str) -> pd.Series:
+    """``col`` (indexed by MuData obs names) in the order of the modality's cells."""
+    if col.index.has_duplicates:
+        raise ValueError(
+            f"sample_key {sample_key!r} comes from the MuData's global obs, but obs_names are "
+            "duplicated, so cells cannot be matched to it. Make them unique first "
+            "(mdata.obs_names_make_unique()) or put the column into the modality's obs."
+        )
+    return col.reindex(adata.obs_names)
+
+
+def check_random_state(
+    value: Any, name: str = "random_state", *, generator: bool = False, none: bool = False
+) -> None:
+    """Raise unless ``value`` is a seed in ``[0, 2**32)`` (or a Generator / None where allowed)."""
+    if value is None and none:
+        return
+    if generator and isinstance(value, np.random.Generator):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        kinds = "an int" + (", a numpy Generator" if generator else "")
+        kinds += " or None" if none else ""
+        raise TypeError(f"`{name}` must be {kinds}, got {value!r} ({type(value).__name__}).")
+    if not 0 <= int(value) < 2**32:
+        raise ValueError(f"`{name}`={value} must be a seed in [0, 2**32 - 1], e.g. 0.")
+
+
+def check_count(value: Any, name: str, *, minimum: int = 1, none: bool = False) -> None:
+    """Raise unless ``value`` is an int ``>= minimum`` (or None where allowed)."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"`{name}` must be an int >= {minimum}"
+            + (" or None" if none else "")
+            + f", got {value!r} ({type(value).__name__})."
+        )
+    if value < minimum:
+        raise ValueError(f"`{name}`={value} must be >= {minimum}.")
 
 
 def check_var_names(adata: AnnData) -> None:
@@ -130,6 +178,11 @@ def check_numeric(mat: Any) -> None:
         raise TypeError(
             f"The cell matrix has no dtype ({type(mat).__name__}); expected a numeric array."
         )
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(
+            f"The cell matrix has complex dtype {dtype}; marker values must be real. Keep the "
+            "real part, e.g. adata.X = adata.X.real.astype('float32')."
+        )
     if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
         raise TypeError(
             f"The cell matrix has dtype {dtype}, which is not numeric. Convert it, e.g. "
@@ -146,19 +199,38 @@ def _iter_row_blocks(mat: Any, cols: np.ndarray, block: int = 200_000):
         yield np.asarray(chunk)[:, cols]
 
 
-def check_finite(mat: Any, cols: np.ndarray, var_names: Sequence[str]) -> None:
-    """Raise a ``ValueError`` naming how many non-finite values and in which markers."""
+def check_finite(
+    mat: Any, cols: np.ndarray, var_names: Sequence[str], *, float32: bool = False
+) -> None:
+    """Raise a ``ValueError`` naming how many non-finite values and in which markers.
+
+    With ``float32``, values a float32 cannot hold (they would become inf when read as
+    float32, as the sample index does) are an error too.
+    """
     if not np.issubdtype(mat.dtype, np.floating):
         return
+    limit = float(np.finfo(np.float32).max)
+    wide = float32 and np.finfo(mat.dtype).max > limit
     bad = np.zeros(len(cols), dtype=np.int64)
+    big = np.zeros(len(cols), dtype=np.int64)
     for chunk in _iter_row_blocks(mat, cols):
-        bad += (~np.isfinite(chunk)).sum(axis=0)
+        finite = np.isfinite(chunk)
+        bad += (~finite).sum(axis=0)
+        if wide:
+            big += (finite & (np.abs(chunk) > limit)).sum(axis=0)
     if bad.any():
         names = [f"{var_names[c]} ({int(k)})" for c, k in zip(cols, bad) if k]
         raise ValueError(
             f"The data hold {int(bad.sum())} NaN/inf values, in markers: {', '.join(names)}. "
             "Remove or impute these cells first, e.g. "
             "adata = adata[np.isfinite(adata.X).all(axis=1)].copy()."
+        )
+    if big.any():
+        names = [f"{var_names[c]} ({int(k)})" for c, k in zip(cols, big) if k]
+        raise ValueError(
+            f"The data hold {int(big.sum())} values too large for float32 (|x| > {limit:.3g}), "
+            f"in markers: {', '.join(names)}; cells are read as float32. Transform the values "
+            "first (mst.pp.arcsinh) or remove these cells."
         )
 
 
@@ -170,11 +242,13 @@ def validate_cells(
     layer: str | None = None,
     mod: str | None = None,
     check_values: bool = True,
+    float32: bool = False,
 ) -> tuple[AnnData, pd.Series | None, np.ndarray]:
     """Run every input check for a function that reads cells.
 
     Returns ``(adata, labels, cols)``: the (modality) AnnData, the per-cell sample labels (or
-    ``None`` when ``sample_key`` is ``None``) and the marker column positions.
+    ``None`` when ``sample_key`` is ``None``) and the marker column positions. ``float32``: the
+    values will be read as float32 (see :func:`check_finite`).
     """
     adata, mdata = resolve_cells(data, mod)
     check_var_names(adata)
@@ -189,7 +263,7 @@ def validate_cells(
     mat = get_matrix(adata, layer)
     check_numeric(mat)
     if check_values:
-        check_finite(mat, cols, list(adata.var_names))
+        check_finite(mat, cols, list(adata.var_names), float32=float32)
     return adata, labels, cols
 
 
@@ -198,4 +272,6 @@ def warn_overwrite(mapping: Any, key: str, where: str) -> None:
     if key in mapping:
         import warnings
 
-        warnings.warn(f"{where}[{key!r}] already exists and is overwritten.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{where}[{key!r}] already exists and is overwritten.", UserWarning, stacklevel=3
+        )

@@ -23,10 +23,13 @@ def _demo(args: argparse.Namespace) -> int:
         f"Synthetic cohort: {adata.n_obs:,} cells x {adata.n_vars} markers in "
         f"{adata.obs['sample'].nunique()} samples (diagnosis: 4 classes)."
     )
-    model = mst.tl.pretrain(adata, "sample", preset="cpu", random_state=args.seed,
-                            progress=not args.quiet)
-    print(f"Trained the 'cpu' preset: {model.summary['steps']} steps in "
-          f"{model.summary['train_seconds']:.0f} s.")
+    model = mst.tl.pretrain(
+        adata, "sample", preset="cpu", random_state=args.seed, progress=not args.quiet
+    )
+    print(
+        f"Trained the 'cpu' preset: {model.summary['steps']} steps in "
+        f"{model.summary['train_seconds']:.0f} s."
+    )
     sdata = mst.tl.embed_samples(adata, "sample", model=model, progress=not args.quiet)
     probe = mst.tl.linear_probe(sdata, "diagnosis", use_rep="X_maestro")
     acc = probe.set_index("metric").loc["accuracy"]
@@ -56,8 +59,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     adata = _read(args.input, args.backed)
     overrides = {"max_epochs": args.max_epochs} if args.max_epochs is not None else {}
-    model = mst.tl.pretrain(adata, args.sample_key, preset=args.preset, layer=args.layer,
-                            random_state=args.seed, **overrides)
+    model = mst.tl.pretrain(
+        adata,
+        args.sample_key,
+        preset=args.preset,
+        layer=args.layer,
+        random_state=args.seed,
+        **overrides,
+    )
     path = model.save(args.output, overwrite=args.overwrite)
     print(f"Saved the model to {path}/.")
     return 0
@@ -68,8 +77,14 @@ def _embed(args: argparse.Namespace) -> int:
 
     adata = _read(args.input, args.backed)
     model = mst.tl.MaestroModel.load(args.model) if args.model else None
-    sdata = mst.tl.embed_samples(adata, args.sample_key, model=model, preset=args.preset,
-                                 layer=args.layer, random_state=args.seed)
+    sdata = mst.tl.embed_samples(
+        adata,
+        args.sample_key,
+        model=model,
+        preset=args.preset,
+        layer=args.layer,
+        random_state=args.seed,
+    )
     sdata.write_h5ad(args.output)
     print(f"Wrote {sdata.n_obs} sample embeddings to {args.output} (obsm['X_maestro']).")
     return 0

@@ -70,6 +70,9 @@ class MaestroConfig:
         equal (paper: 0.999).
     w_rec, w_sd
         Weights of the reconstruction and the distillation loss.
+    view_shift, view_scale
+        Augmentation of the student views: a random per-marker offset (std ``view_shift``) and
+        log-gain (std ``view_scale``), in standardised units, drawn per view; 0 = off (paper).
     teacher_max_cells
         The teacher encodes at most this many random cells of a sample (``None``: all, streamed).
     chunk_size
@@ -90,6 +93,9 @@ class MaestroConfig:
         Samples per optimisation step.
     max_epochs, steps_per_epoch
         Training length; ``steps_per_epoch=None`` means ``n_samples // batch_size``.
+    min_steps
+        Small cohorts get more steps per epoch (the samples are cycled) so that training
+        makes at least this many optimiser steps.
     grad_clip
         Gradient norm clip (``None``: none).
     min_cells
@@ -129,6 +135,8 @@ class MaestroConfig:
     ema_final: float = 1.0
     w_rec: float = 1.0
     w_sd: float = 1.0
+    view_shift: float = 0.0
+    view_scale: float = 0.0
     teacher_max_cells: int | None = None
     chunk_size: int = 16384
     readout: str = "pma"
@@ -141,6 +149,7 @@ class MaestroConfig:
     batch_size: int = 8
     max_epochs: int = 30
     steps_per_epoch: int | None = None
+    min_steps: int = 0
     grad_clip: float | None = 5.0
     min_cells: int = 20
 
@@ -281,6 +290,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr_final=1e-5,
         batch_size=8,
         max_epochs=20,
+        min_steps=100,
     ),
 }
 

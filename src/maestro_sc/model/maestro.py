@@ -27,7 +27,7 @@ from .distill import (
     update_center,
 )
 from .encoder import SetEncoder
-from .masking import multi_rate_masks, rand
+from .masking import multi_rate_masks, rand, randn
 from .sinkhorn import sinkhorn_cost
 
 _WHICH = ("teacher", "student")
@@ -299,7 +299,7 @@ class Maestro(nn.Module):
         n_views = len(cfg.mask_rates)
         cells = self.standardize(student_sets)
         masks = multi_rate_masks(cells, cfg.mask_rates, cfg.mask_mode, generator)
-        views = cells.repeat_interleave(n_views, dim=0)
+        views = self._jitter(cells.repeat_interleave(n_views, dim=0), generator)
         z = self.encoder(views, masks)
         recon = self.decoder(z, masks, generator, mask_token=self.encoder.mask_token)
         rec, ot_iters = sinkhorn_cost(
@@ -330,6 +330,23 @@ class Maestro(nn.Module):
             "teacher_entropy": teacher_entropy,
             "ot_iters": torch.tensor(float(ot_iters)),
         }
+
+    def _jitter(self, views: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Random per-view, per-marker gain and offset of the student views (``view_shift``,
+        ``view_scale``; off in the paper preset).
+
+        Staining and batch effects move whole markers of a sample; with masking as the only
+        augmentation, such offsets identify a sample and are the cheapest thing for the
+        distillation to match. Jittering them per view, while the teacher sees the clean
+        sample, makes the embedding invariant to them (a deviation, see docs/model.md).
+        """
+        cfg = self.config
+        if cfg.view_shift <= 0 and cfg.view_scale <= 0:
+            return views
+        shape = (views.shape[0], 1, views.shape[2])
+        gain = torch.exp(cfg.view_scale * randn(shape, generator, views.device))
+        offset = cfg.view_shift * randn(shape, generator, views.device)
+        return views * gain + offset
 
     def update_teacher(self, momentum: float) -> None:
         """EMA of every student encoder + head parameter into the teacher (paper eq. 13)."""

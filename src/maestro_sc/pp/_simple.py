@@ -14,6 +14,7 @@ from scipy import sparse
 from .._data import SampleIndex
 from .._utils import (
     DEFAULT_MIN_CELLS,
+    check_random_state,
     check_var_names,
     get_matrix,
     logger,
@@ -31,6 +32,12 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
 def _cofactors(cofactor: float | Mapping[str, float], markers: list[str]) -> np.ndarray:
     if isinstance(cofactor, Mapping):
         missing = [m for m in markers if m not in cofactor]
@@ -39,9 +46,17 @@ def _cofactors(cofactor: float | Mapping[str, float], markers: list[str]) -> np.
                 f"`cofactor` is a dict but has no value for markers {missing}; add them or pass "
                 "`markers=` listing only the markers to transform."
             )
+        wrong = {m: cofactor[m] for m in markers if not _is_real(cofactor[m])}
+        if wrong:
+            raise TypeError(f"Cofactors must be numbers; the dict `cofactor` holds {wrong}.")
         values = np.array([cofactor[m] for m in markers], dtype=np.float64)
-    else:
+    elif _is_real(cofactor):
         values = np.full(len(markers), cofactor, dtype=np.float64)
+    else:
+        raise TypeError(
+            f"`cofactor` must be a number (5 for mass, ~150 for flow cytometry) or a dict "
+            f"{{marker: cofactor}}, got {cofactor!r} ({type(cofactor).__name__})."
+        )
     bad = ~np.isfinite(values) | (values <= 0)
     if bad.any():
         names = [f"{m}={v}" for m, v, b in zip(markers, values, bad) if b]
@@ -147,8 +162,15 @@ def arcsinh(
 
 def pattern_markers(adata: Any, exclude_patterns: Sequence[str] = DEFAULT_EXCLUDE) -> list[str]:
     """``var_names`` whose name (or ``var["channel"]``) matches none of ``exclude_patterns``."""
+    if exclude_patterns is None:
+        exclude_patterns = ()
     if isinstance(exclude_patterns, str):
         exclude_patterns = (exclude_patterns,)
+    wrong = [p for p in exclude_patterns if not isinstance(p, str)]
+    if wrong:
+        raise TypeError(
+            f"`exclude_patterns` must be strings (substrings of channel names), got {wrong}."
+        )
     rx = (
         re.compile("|".join(re.escape(p) for p in exclude_patterns), re.IGNORECASE)
         if exclude_patterns
@@ -247,7 +269,7 @@ def select_markers(
         how = f"var[{var_column!r}] == {value!r}"
     else:
         keep = pattern_markers(target, exclude_patterns)
-        how = f"name patterns {list(exclude_patterns)}"
+        how = f"name patterns {exclude_patterns!r}"
     if not keep:
         raise ValueError(
             f"No marker left after selecting by {how}; the channels are {list(target.var_names)}. "
@@ -380,6 +402,7 @@ def subsample(
     """
     if isinstance(n_cells, bool) or not isinstance(n_cells, int | np.integer) or n_cells < 1:
         raise ValueError(f"n_cells={n_cells!r} must be an int >= 1.")
+    check_random_state(random_state, generator=True, none=True)
     index = SampleIndex(adata, sample_key, mod=mod, check_values=False)
     rng = np.random.default_rng(random_state)
     keep_rows = np.zeros(index.adata.n_obs, dtype=bool)

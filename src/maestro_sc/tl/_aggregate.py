@@ -11,12 +11,19 @@ import pandas as pd
 from .._data import SampleIndex
 
 
-def constant_obs(obs: pd.DataFrame, codes: np.ndarray, first_rows: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+def constant_obs(
+    obs: pd.DataFrame, codes: np.ndarray, first_rows: np.ndarray
+) -> tuple[pd.DataFrame, list[str]]:
     """Columns of ``obs`` constant within every sample, one row per sample; and the dropped ones."""
     keep, dropped = [], []
     for col in obs.columns:
         values = obs[col]
-        nunique = values.groupby(codes, sort=False, observed=True).nunique(dropna=False)
+        try:
+            nunique = values.groupby(codes, sort=False, observed=True).nunique(dropna=False)
+        except TypeError:
+            # Unhashable cells (lists, dicts) cannot be compared, so the column is not kept.
+            dropped.append(col)
+            continue
         (keep if (nunique <= 1).all() else dropped).append(col)
     table = obs.iloc[first_rows][keep].copy()
     for col in keep:
@@ -39,7 +46,11 @@ def sample_table(index: SampleIndex, *, means: bool = True) -> Any:
         table[index.sample_key] = table[index.sample_key].astype(str).astype("category")
         table[index.sample_key] = table[index.sample_key].cat.reorder_categories(index.sample_ids)
     table["n_cells"] = index.counts
-    X = index.sample_means().astype(np.float32) if means else np.zeros((index.n_samples, index.n_markers), np.float32)
+    X = (
+        index.sample_means().astype(np.float32)
+        if means
+        else np.zeros((index.n_samples, index.n_markers), np.float32)
+    )
     var = pd.DataFrame(index=pd.Index(index.markers))
     sdata = AnnData(X=X, obs=table, var=var)
     sdata.uns["maestro"] = {"sample_key": index.sample_key, "dropped_obs": list(dropped)}

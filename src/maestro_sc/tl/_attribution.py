@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .._data import SampleIndex
-from .._utils import resolve_cells, warn_overwrite
-from ._model import MaestroModel, match_panel
+from .._utils import check_count, resolve_cells, warn_overwrite
+from ._model import MaestroModel, check_which, match_panel
 
 
 def cell_attribution(
@@ -72,19 +72,24 @@ def cell_attribution(
 
     if not isinstance(model, MaestroModel):
         raise TypeError(f"`model` must be a MaestroModel, got {type(model).__name__}.")
+    check_which(which)
+    check_count(chunk_size, "chunk_size", none=True)
     target, _ = resolve_cells(adata, mod)
     markers = match_panel(adata, model.markers, mod=mod)
     index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
     scores = np.zeros(target.n_obs, dtype=np.float32)
     net = model.net.eval()
     device = next(net.parameters()).device
-    for i, cells in tqdm(index.iter_samples(), total=index.n_samples, disable=not progress,
-                         desc="attribution"):
+    for i, cells in tqdm(
+        index.iter_samples(), total=index.n_samples, disable=not progress, desc="attribution"
+    ):
         s = net.cell_scores(torch.from_numpy(cells).to(device), which=which, chunk_size=chunk_size)
         scores[index.positions(i)] = s.cpu().numpy() * len(cells)
     if copy:
         if getattr(target, "isbacked", False):
-            raise ValueError("copy=True needs an in-memory AnnData; load it with adata.to_memory().")
+            raise ValueError(
+                "copy=True needs an in-memory AnnData; load it with adata.to_memory()."
+            )
         target = target.copy()
     elif getattr(target, "isbacked", False):
         raise ValueError(

@@ -16,9 +16,9 @@ import numpy as np
 
 from .. import __version__
 from .._data import SampleIndex
-from .._utils import logger, warn_overwrite
+from .._utils import check_count, check_random_state, logger, warn_overwrite
 from ._aggregate import sample_table
-from ._model import MaestroModel, h5ad_safe, match_panel
+from ._model import MaestroModel, check_which, h5ad_safe, match_panel
 
 #: Cells pooled (over all samples) to fit the per-marker standardisation.
 _SCALER_CELLS = 200_000
@@ -62,10 +62,23 @@ def trainable_samples(index: SampleIndex, min_cells: int, strict: bool) -> list[
     return keep
 
 
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
 def _resolve_accelerator(accelerator: str, precision: str | None) -> tuple[str, str]:
     import torch
 
     cuda = torch.cuda.is_available()
+    if isinstance(accelerator, str):
+        if accelerator not in _ACCELERATORS:
+            raise ValueError(f"accelerator={accelerator!r} is unknown; use one of {_ACCELERATORS}.")
+        if accelerator in ("gpu", "cuda") and not cuda:
+            raise ValueError(
+                f"accelerator={accelerator!r} but PyTorch sees no CUDA GPU (torch "
+                f"{torch.__version__}); use accelerator='cpu' or install a CUDA build of torch."
+            )
+        if accelerator == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("accelerator='mps' but MPS is not available; use accelerator='cpu'.")
     if accelerator == "auto":
         accelerator = "gpu" if cuda else "cpu"
     if precision is None:
@@ -161,6 +174,10 @@ def pretrain(
     from ..train.data import EpochSampler, SampleSetDataset, collate_sets
     from ..train.module import MaestroTrainingPlan
 
+    check_count(max_epochs, "max_epochs", minimum=0, none=True)
+    check_count(batch_size, "batch_size", none=True)
+    check_count(num_workers, "num_workers", minimum=0)
+    check_random_state(random_state)
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
     if batch_size is not None:
@@ -178,12 +195,13 @@ def pretrain(
     mean, std = marker_scaler(index, samples, random_state)
     net.set_scaler(torch.from_numpy(mean), torch.from_numpy(std))
 
-    steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(samples) / config.batch_size))
+    steps_per_epoch = config.steps_per_epoch or max(
+        math.ceil(len(samples) / config.batch_size),
+        math.ceil(config.min_steps / max(1, config.max_epochs)),
+    )
     total_steps = steps_per_epoch * config.max_epochs
     plan = MaestroTrainingPlan(net, total_steps=total_steps, random_state=random_state)
-    dataset = SampleSetDataset(
-        index, samples, config.n_sub, config.teacher_max_cells, random_state
-    )
+    dataset = SampleSetDataset(index, samples, config.n_sub, config.teacher_max_cells, random_state)
     sampler = EpochSampler(len(samples), steps_per_epoch * config.batch_size, random_state)
     loader = DataLoader(
         dataset,
@@ -198,12 +216,21 @@ def pretrain(
         from pytorch_lightning.callbacks import ModelCheckpoint
 
         callbacks.append(
-            ModelCheckpoint(dirpath=str(checkpoint_dir), save_last=True, save_top_k=1,
-                            every_n_epochs=1, save_on_train_epoch_end=True)
+            ModelCheckpoint(
+                dirpath=str(checkpoint_dir),
+                save_last=True,
+                save_top_k=1,
+                every_n_epochs=1,
+                save_on_train_epoch_end=True,
+            )
         )
     logger.info(
         "Training MAESTRO (%s preset) on %d samples x %d markers: %d epochs x %d steps.",
-        preset, len(samples), index.n_markers, config.max_epochs, steps_per_epoch,
+        preset,
+        len(samples),
+        index.n_markers,
+        config.max_epochs,
+        steps_per_epoch,
     )
     start = time.perf_counter()
     with _quiet_lightning():
@@ -371,6 +398,13 @@ def embed_samples(
             f"`model` must be a MaestroModel (from mst.tl.pretrain or MaestroModel.load), "
             f"got {type(model).__name__}."
         )
+    # Checked before training, so a bad argument does not cost a training run.
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"`key_added` must be a non-empty obsm key (str), got {key_added!r}.")
+    check_count(n_neighbors, "n_neighbors", minimum=2)
+    check_count(chunk_size, "chunk_size", none=True)
+    check_random_state(random_state)
+    check_which(which)
     if model is not None:
         use_markers = match_panel(adata, model.markers, mod=mod)
     else:
@@ -379,8 +413,15 @@ def embed_samples(
     if model is None:
         logger.info("No model given: training one with the %r preset first.", preset)
         model = pretrain(
-            adata, sample_key, preset=preset, markers=markers, layer=layer, mod=mod,
-            random_state=random_state, progress=progress, **pretrain_kwargs,
+            adata,
+            sample_key,
+            preset=preset,
+            markers=markers,
+            layer=layer,
+            mod=mod,
+            random_state=random_state,
+            progress=progress,
+            **pretrain_kwargs,
         )
     z = model.embed_index(index, which=which, chunk_size=chunk_size, progress=progress)
     sdata = sample_table(index)
@@ -403,7 +444,9 @@ def embed_samples(
         info["mod"] = mod
     sdata.uns["maestro"] = h5ad_safe(info)
     if neighbors or umap:
-        sample_graph(sdata, key_added, n_neighbors=n_neighbors, umap=umap, random_state=random_state)
+        sample_graph(
+            sdata, key_added, n_neighbors=n_neighbors, umap=umap, random_state=random_state
+        )
     return sdata
 
 

@@ -15,7 +15,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._utils import logger, resolve_cells, sample_labels, warn_overwrite
+from .._utils import (
+    check_count,
+    check_random_state,
+    logger,
+    resolve_cells,
+    sample_labels,
+    warn_overwrite,
+)
 
 Task = Literal["auto", "classification", "regression"]
 
@@ -26,6 +33,18 @@ RETRIEVAL_MEAN = "(mean)"
 # ---------------------------------------------------------------------------------------------
 # shared input handling
 # ---------------------------------------------------------------------------------------------
+
+
+#: Larger magnitudes overflow the sums of squares behind standardisation and R² in float64.
+_HUGE = 1e150
+
+
+def _check_penalty(value: Any, name: str, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
+    if not np.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"`{name}`={value} must be finite and {bound}.")
 
 
 def get_representation(sdata: Any, use_rep: str) -> np.ndarray:
@@ -62,6 +81,12 @@ def get_representation(sdata: Any, use_rep: str) -> np.ndarray:
         raise ValueError(
             f"Representation {use_rep!r} holds NaN/inf values in {len(bad)} samples "
             f"(e.g. {names}). Recompute it, or drop these samples with `exclude=`."
+        )
+    if rep.size and np.abs(rep).max() > _HUGE:
+        raise ValueError(
+            f"Representation {use_rep!r} holds values up to {np.abs(rep).max():.3g}, too large "
+            "to standardise in float64 (the squares overflow). Rescale it, e.g. divide it by "
+            "its largest absolute value."
         )
     return rep
 
@@ -406,6 +431,9 @@ def linear_probe(
     >>> res.set_index("metric").loc["accuracy", "mean"]  # doctest: +SKIP
     0.75
     """
+    _check_penalty(C, "C", positive=True)
+    _check_penalty(alpha, "alpha", positive=False)
+    check_random_state(random_state)
     rep = get_representation(sdata, use_rep)
     values = obs_column(sdata, target, "target")
     keep = exclude_mask(sdata, exclude)
@@ -446,6 +474,11 @@ def linear_probe(
                 f"Target {target!r} is not numeric, so it cannot be regressed. Pass "
                 "task='classification' or convert the column."
             ) from err
+        if not np.isfinite(y).all() or np.abs(y).max() > _HUGE:
+            raise ValueError(
+                f"Target {target!r} holds inf or values beyond ±{_HUGE:g}, which a regression "
+                "cannot fit. Set them to NaN (left out) or rescale the column."
+            )
     k_splits = _effective_splits(y, task, g, n_splits, target)
     if not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
         raise ValueError(f"`n_repeats` must be a positive integer, got {n_repeats!r}.")
@@ -698,6 +731,9 @@ def celltype_retrieval(
     from sklearn.model_selection import KFold
     from sklearn.preprocessing import StandardScaler
 
+    _check_penalty(l2, "l2", positive=False)
+    check_count(n_splits, "n_splits", minimum=2)
+    check_random_state(random_state)
     rep = get_representation(sdata, use_rep)
     keep = exclude_mask(sdata, exclude)
     props = celltype_proportions(cells, sample_key, cell_type_key, mod=mod)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from .._utils import resolve_cells
+from .._utils import check_count, check_var_names, resolve_cells
 
 #: Bumped whenever the saved layout changes incompatibly.
 FORMAT_VERSION = 1
@@ -28,6 +28,7 @@ def match_panel(adata: Any, model_markers: Sequence[str], *, mod: str | None = N
     naming the missing and the extra markers (SPEC §2, "Panels").
     """
     adata, _ = resolve_cells(adata, mod)
+    check_var_names(adata)
     data_markers = [str(v) for v in adata.var_names]
     missing = [m for m in model_markers if m not in data_markers]
     extra = [m for m in data_markers if m not in model_markers]
@@ -42,6 +43,12 @@ def match_panel(adata: Any, model_markers: Sequence[str], *, mod: str | None = N
             f"Markers not used by the model are ignored: {extra}.", UserWarning, stacklevel=3
         )
     return list(model_markers)
+
+
+def check_which(which: str | None) -> None:
+    """Raise unless ``which`` names an encoder (or is None for the model's default)."""
+    if which is not None and which not in ("teacher", "student"):
+        raise ValueError(f"`which` must be 'teacher' or 'student', got {which!r}.")
 
 
 def h5ad_safe(value: Any) -> Any:
@@ -85,8 +92,13 @@ class MaestroModel:
     12
     """
 
-    def __init__(self, net: Any, markers: Sequence[str], history: pd.DataFrame | None = None,
-                 summary: dict | None = None) -> None:
+    def __init__(
+        self,
+        net: Any,
+        markers: Sequence[str],
+        history: pd.DataFrame | None = None,
+        summary: dict | None = None,
+    ) -> None:
         self.net = net
         self.markers = [str(m) for m in markers]
         self.history = history if history is not None else pd.DataFrame()
@@ -158,9 +170,9 @@ class MaestroModel:
         import torch
         from tqdm.auto import tqdm
 
+        check_which(which)
+        check_count(chunk_size, "chunk_size", none=True)
         which = which or self.config.embed_with
-        if which not in ("teacher", "student"):
-            raise ValueError(f"`which` must be 'teacher' or 'student', got {which!r}.")
         device = next(self.net.parameters()).device
         self.net.eval()
         rows = []
@@ -171,7 +183,17 @@ class MaestroModel:
                 x = torch.from_numpy(cells).to(device)
                 z = self.net.encode(x, which=which, chunk_size=chunk_size)
                 rows.append(z.float().cpu().numpy())
-        return pd.DataFrame(np.stack(rows), index=pd.Index(index.sample_ids, name="sample"))
+        z = np.stack(rows)
+        bad = [index.sample_ids[i] for i in np.flatnonzero(~np.isfinite(z).all(axis=1))]
+        if bad:
+            # Values far outside the training cells' range overflow the attention; a NaN
+            # embedding would otherwise pass silently into neighbours and probes.
+            raise ValueError(
+                f"The embedding of {len(bad)} samples is not finite: {bad[:10]}. Their values "
+                "lie far outside the range of the cells the model was trained on; transform "
+                "them as the training data were (e.g. mst.pp.arcsinh with the same cofactor)."
+            )
+        return pd.DataFrame(z, index=pd.Index(index.sample_ids, name="sample"))
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save to a folder: weights (safetensors), ``maestro.json`` (config, markers, version).

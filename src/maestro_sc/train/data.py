@@ -97,7 +97,9 @@ class EpochSampler(Sampler):
         rounds = math.ceil(self.draws_per_epoch / self.n_samples)
         order = np.concatenate(
             [
-                np.random.default_rng([self.random_state, self.epoch, r]).permutation(self.n_samples)
+                np.random.default_rng([self.random_state, self.epoch, r]).permutation(
+                    self.n_samples
+                )
                 for r in range(rounds)
             ]
         )[: self.draws_per_epoch]
