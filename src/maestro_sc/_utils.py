@@ -176,7 +176,8 @@ def check_numeric(mat: Any) -> None:
     dtype = getattr(mat, "dtype", None)
     if dtype is None:
         raise TypeError(
-            f"The cell matrix has no dtype ({type(mat).__name__}); expected a numeric array."
+            f"The cell matrix has no dtype ({type(mat).__name__}); expected a numeric array. "
+            "Set adata.X to the cells × markers values, or pass `layer=` naming a layer."
         )
     if np.issubdtype(dtype, np.complexfloating):
         raise TypeError(

@@ -81,6 +81,8 @@ def nn_contingency(
     k = len(counts)
     ax = new_axes(ax, (max(4.8, 2.6 + 0.6 * k), max(4.2, 2.4 + 0.55 * k)))
     image = ax.imshow(props, cmap=cmap, vmin=0, vmax=1)
+    # A style with axes.grid on (scanpy's set_figure_params) would draw lines across the cells.
+    ax.grid(False)
     for i in range(k):
         for j in range(k):
             ax.text(

@@ -127,6 +127,8 @@ def training_history(
         ax_diag.set_ylim(bottom=0)
     if "teacher_entropy" in history.columns:
         twin = ax_diag.twinx()
+        # Two grids with different tick positions clutter the panel; keep the left one only.
+        twin.grid(False)
         xs, _, smoothed = _curve(steps, history, "teacher_entropy", smooth)
         handles += twin.plot(
             xs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -461,9 +462,27 @@ def sample_graph(sdata: Any, use_rep: str, *, n_neighbors: int, umap: bool, rand
         )
         return
     k = min(n_neighbors, n - 1)
-    sc.pp.neighbors(sdata, use_rep=use_rep, n_neighbors=k, random_state=random_state)
-    if umap:
-        if n < 4:
-            warnings.warn(f"Only {n} samples: UMAP skipped.", UserWarning, stacklevel=3)
-            return
-        sc.tl.umap(sdata, random_state=random_state)
+    with _torch_threads_kept():
+        sc.pp.neighbors(sdata, use_rep=use_rep, n_neighbors=k, random_state=random_state)
+        if umap:
+            if n < 4:
+                warnings.warn(f"Only {n} samples: UMAP skipped.", UserWarning, stacklevel=3)
+                return
+            sc.tl.umap(sdata, random_state=random_state)
+
+
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """Keep torch's thread count across scanpy's neighbours/UMAP.
+
+    numba, behind them, sets the OpenMP thread count that torch shares; a changed count changes
+    the last bits of later embeddings, so the same model would embed the same cells differently
+    before and after the first ``embed_samples`` of a session.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ representation in ``obsm``), so MAESTRO embeddings and baselines are judged alik
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -220,7 +221,12 @@ def _cv_splits(
 
 
 def _effective_splits(
-    y: np.ndarray, task: str, groups: np.ndarray | None, n_splits: int, target: str
+    y: np.ndarray,
+    task: str,
+    groups: np.ndarray | None,
+    n_splits: int,
+    target: str,
+    class_names: Sequence[str] | None = None,
 ) -> int:
     """``n_splits`` capped by the smallest class (or group count), with a warning when capped."""
     if not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
@@ -239,6 +245,8 @@ def _effective_splits(
         else:
             smallest = int(np.argmin(counts))
             n_small, unit = int(counts[smallest]), "samples"
+        if class_names is not None:
+            classes = np.asarray([class_names[c] for c in classes], dtype=object)
         if n_small < 2:
             raise ValueError(
                 f"Class {classes[smallest]!r} of {target!r} has only {n_small} {unit}; "
@@ -479,7 +487,7 @@ def linear_probe(
                 f"Target {target!r} holds inf or values beyond ±{_HUGE:g}, which a regression "
                 "cannot fit. Set them to NaN (left out) or rescale the column."
             )
-    k_splits = _effective_splits(y, task, g, n_splits, target)
+    k_splits = _effective_splits(y, task, g, n_splits, target, classes or None)
     if not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
         raise ValueError(f"`n_repeats` must be a positive integer, got {n_repeats!r}.")
 
