@@ -3,23 +3,26 @@
 For the ``cpu`` preset (untrained weights: the cost does not depend on them) and 30 markers:
 
 1. one sample of 10^4, 10^5 and 10^6 cells, embedded by the streamed teacher encoder
-   (``Maestro.encode``): wall time (min and median of ``--repeats``; one run at 10^6 unless
-   ``--repeats-large``), time per cell and its ratio 10^6 / 10^4 (linearity), FLOPs per cell
+   (``Maestro.encode``): wall time (min and median of ``--repeats``; ``--repeats-large`` runs
+   at 10^6), time per cell and its ratio 10^6 / 10^4 (linearity), FLOPs per cell
    (``torch.utils.flop_counter``; matmuls and attention only), achieved GFLOP/s, and the extra
    peak RSS of the encoding (peak RSS of a fresh process, high-water mark reset once the input
    is allocated, minus the RSS then); 10^4 and 10^5 with 2 and 1 torch threads, 10^6 with the
    thread count that was faster at 10^5 (``--large-threads`` to choose);
-2. the GEMM rates of this machine on the encoder's skinny shapes and on a square one, which
-   bound what any implementation of the same FLOPs can reach;
-3. a backed h5ad of ``--backed-samples`` x ``--backed-cells`` cells x 30 markers written to a
+2. what-ifs at ``--lever-cells`` (10^5): 4,096-cell chunks and ``torch.autocast("cpu",
+   bfloat16)``, and both at 10^6, with the embedding's difference to float32;
+3. the GEMM rates of this machine on the encoder's skinny shapes and on a square one (float32,
+   and bf16 on one shape), which bound what any implementation of the same FLOPs can reach;
+4. a backed h5ad of ``--backed-samples`` x ``--backed-cells`` cells x 30 markers written to a
    temporary folder, opened with ``backed="r"`` and embedded by ``mst.tl.embed_samples``: time
-   and peak RSS against the file size (the file is never loaded whole).
+   and peak RSS against the file size (``X`` is never loaded; ``obs`` is, by anndata).
 
 Each measurement runs in its own process, so peak RSS is that measurement's. Prints the machine
 and a markdown table; ``--json`` appends the raw records. Examples::
 
-    python benchmarks/embed_scaling.py                       # default, ~2 min on 2 cores
-    python benchmarks/embed_scaling.py --backed-cells 100000 # the 100 x 100k cohort (long)
+    python benchmarks/embed_scaling.py                       # default, ~3 min on 2 cores
+    python benchmarks/embed_scaling.py --sizes 10000 --threads 1 --backed-cells 100000
+                                                             # the 100 x 100k cohort, ~5 min
 """
 
 from __future__ import annotations
@@ -116,29 +119,40 @@ def cells(n: int, seed: int):
 # -- workers (each in a fresh process) --------------------------------------------------------
 
 
-def worker_sample(n: int, threads: int, repeats: int) -> dict:
+def worker_sample(
+    n: int, threads: int, repeats: int, chunk: int | None = None, bf16: bool = False
+) -> dict:
+    import contextlib
+
     import torch
 
     torch.set_num_threads(threads)
     net = build_model()
     net.encode(torch.randn(2000, N_MARKERS))  # warm-up: kernels, allocator
     x = torch.from_numpy(cells(n, seed=1))
+    # bf16 matrix products on CPUs that have them (AVX-512 BF16, AMX); the library's encode
+    # autocasts on CUDA only, so this is a what-if
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     base = reset_peak()
     times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        z = net.encode(x)
-        times.append(time.perf_counter() - t)
+    with cast:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            z = net.encode(x, chunk_size=chunk)
+            times.append(time.perf_counter() - t)
     assert torch.isfinite(z).all()
     return {
         "kind": "sample",
         "cells": n,
         "threads": threads,
         "runs": repeats,
+        "chunk": chunk or net.config.chunk_size,
+        "bf16": bf16,
         "s_min": min(times),
         "s_median": statistics.median(times),
         "extra_rss_mib": peak_rss_mib() - base,
         "input_mib": x.numel() * 4 / 2**20,
+        "z": z.tolist(),
     }
 
 
@@ -159,14 +173,15 @@ def worker_gemm(threads: int) -> dict:
     torch.set_num_threads(threads)
     chunk = 16384
     shapes = {
-        "chunk x 64 @ 64 x 256 (SwiGLU up)": (chunk, 64, 256),
-        "chunk x 128 @ 128 x 64 (SwiGLU down)": (chunk, 128, 64),
-        "chunk x 64 @ 64 x 128 (K,V proj)": (chunk, 64, 128),
-        "1024 x 1024 @ 1024 x 1024": (1024, 1024, 1024),
+        "chunk x 64 @ 64 x 256 (SwiGLU up)": (chunk, 64, 256, torch.float32),
+        "chunk x 128 @ 128 x 64 (SwiGLU down)": (chunk, 128, 64, torch.float32),
+        "chunk x 64 @ 64 x 128 (K,V proj)": (chunk, 64, 128, torch.float32),
+        "1024 x 1024 @ 1024 x 1024": (1024, 1024, 1024, torch.float32),
+        "bf16 chunk x 64 @ 64 x 256": (chunk, 64, 256, torch.bfloat16),
     }
     out = {}
-    for name, (m, k, n) in shapes.items():
-        a, b = torch.randn(m, k), torch.randn(k, n)
+    for name, (m, k, n, dtype) in shapes.items():
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         a @ b
         reps = max(3, int(2e9 / (2 * m * k * n)))
         best = float("inf")
@@ -298,6 +313,43 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     print(f"plot written to {path}")
 
 
+def levers(args, rows: list[dict], records: list[dict]) -> None:
+    """Smaller chunks and bf16 autocast at ``--lever-cells`` (and bf16 at 10^6): what-ifs."""
+    import numpy as np
+
+    n = args.lever_cells
+    ref_rows = [r for r in rows if r["cells"] == n]
+    th = min(ref_rows, key=lambda r: r["s_min"])["threads"] if ref_rows else 1
+    print(f"\nlevers at {n:,} cells, {th} thread(s) (what-ifs; the library runs float32 on CPU):")
+    print(
+        "| cells | chunk | precision | time min (s) | median (s) | µs / cell "
+        "| extra peak RSS (MiB) | embedding rel. diff vs float32 |"
+    )
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    configs = [(n, c, p) for p in ("fp32", "bf16") for c in (16384, 4096)]
+    configs.append((1_000_000, 4096, "bf16"))
+    ref = {}
+    for cells_n, chunk, prec in configs:
+        if cells_n > max(int(float(s)) for s in args.sizes.split(",")):
+            continue
+        reps = args.repeats_large if cells_n >= 1_000_000 else args.repeats
+        rec = run_worker(["sample", str(cells_n), str(th), str(reps), str(chunk), prec])
+        records.append(rec)
+        z = np.asarray(rec["z"])
+        if (cells_n, "fp32") not in ref and prec == "fp32":
+            ref[(cells_n, "fp32")] = z
+        base = ref.get((cells_n, "fp32"))
+        if base is None:
+            same = [r for r in rows if r["cells"] == cells_n and r["threads"] == th]
+            base = np.asarray(same[0]["z"]) if same else None
+        diff = "—" if base is None else f"{np.linalg.norm(z - base) / np.linalg.norm(base):.1e}"
+        print(
+            f"| {cells_n:,} | {chunk} | {prec} | {rec['s_min']:.2f} | {rec['s_median']:.2f} "
+            f"| {rec['s_min'] / cells_n * 1e6:.1f} | {rec['extra_rss_mib']:.0f} | {diff} |",
+            flush=True,
+        )
+
+
 def run_worker(args: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=False
@@ -325,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="threads for the backed run (default: the fastest at the largest size)",
     )
+    parser.add_argument(
+        "--lever-cells",
+        type=int,
+        default=100_000,
+        help="cells for the chunk-size / bf16 what-ifs (0: skip)",
+    )
     parser.add_argument("--backed-samples", type=int, default=100)
     parser.add_argument("--backed-cells", type=int, default=20_000)
     parser.add_argument("--no-backed", action="store_true")
@@ -336,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         kind, *rest = args.worker
         if kind == "sample":
-            rec = worker_sample(int(rest[0]), int(rest[1]), int(rest[2]))
+            chunk = int(rest[3]) if len(rest) > 3 and rest[3] != "0" else None
+            bf16 = len(rest) > 4 and rest[4] == "bf16"
+            rec = worker_sample(int(rest[0]), int(rest[1]), int(rest[2]), chunk, bf16)
         elif kind == "flops":
             rec = worker_flops()
         elif kind == "gemm":
@@ -420,15 +480,19 @@ def main(argv: list[str] | None = None) -> int:
         where = re.sub(r", \d+ threads", "", machine().split(" | ", 1)[1])
         plot(rows, args.plot, f"maestro_sc cpu preset, 30 markers, streamed encoder — {where}")
 
+    if args.lever_cells:
+        levers(args, rows, records)
+
     print("\nGEMM rate on this machine (GFLOP/s, best of 3):")
     for th in threads:
         g = run_worker(["gemm", str(th)])
         records.append(g)
         print(f"  {th} threads: " + "; ".join(f"{k}: {v:.1f}" for k, v in g["gflops"].items()))
-        skinny = min(v for k, v in g["gflops"].items() if k.startswith("chunk"))
+        fp32 = {k: v for k, v in g["gflops"].items() if not k.startswith("bf16")}
+        skinny = min(v for k, v in fp32.items() if k.startswith("chunk"))
         print(
             f"    -> 10^6 cells at the slowest skinny rate: >= {fpc * 1e6 / skinny / 1e9:.1f} s;"
-            f" at the square rate: >= {fpc * 1e6 / max(g['gflops'].values()) / 1e9:.1f} s"
+            f" at the square rate: >= {fpc * 1e6 / max(fp32.values()) / 1e9:.1f} s"
         )
 
     if not args.no_backed:

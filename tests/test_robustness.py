@@ -185,6 +185,21 @@ def messy_cells() -> ad.AnnData:
     return a
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_threads():
+    """Run this module on one thread; yields the thread count it had before.
+
+    The model's per-operation work is small, and OpenMP's busy-waiting threads then cost more
+    than they give: on a shared 2-core machine one thread embedded cells 10-20 times faster.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model():
     return mst.tl.pretrain(cells(n_samples=8), "sample", **FAST)
