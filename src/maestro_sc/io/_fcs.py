@@ -791,7 +791,7 @@ def read_fcs_folder(
     )
     mapping = _panel_mapping(panel)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     adatas, spills = [], {}
     for p in tqdm(paths, desc="Reading FCS files", unit="file", disable=not progress):

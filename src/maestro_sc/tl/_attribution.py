@@ -68,7 +68,7 @@ def cell_attribution(
     1.0...
     """
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if not isinstance(model, MaestroModel):
         raise TypeError(f"`model` must be a MaestroModel, got {type(model).__name__}.")

@@ -168,7 +168,7 @@ class MaestroModel:
     def embed_index(self, index, *, which=None, chunk_size=None, progress=True) -> pd.DataFrame:
         """Embed every sample of a :class:`~maestro_sc._data.SampleIndex` (see :meth:`embed`)."""
         import torch
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         check_which(which)
         check_count(chunk_size, "chunk_size", none=True)
