@@ -84,22 +84,31 @@ def step_benchmark(name, n_sub, n_teacher, d, device, repeats, dtype, **override
     t_best, t_median = timed(teacher_only, device, repeats)
     n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     result = {
-        "preset": name, "n_sub": n_sub, "views": len(cfg.mask_rates), "batch": cfg.batch_size,
-        "teacher_cells": n_teacher, "teacher_max_cells": cfg.teacher_max_cells, "markers": d, "params": n_params,
-        "step_s_min": round(best, 4), "step_s_median": round(median, 4),
-        "peak_gib": round(peak, 2), "step_tflop": round(flops / 1e12, 3),
+        "preset": name,
+        "n_sub": n_sub,
+        "views": len(cfg.mask_rates),
+        "batch": cfg.batch_size,
+        "teacher_cells": n_teacher,
+        "teacher_max_cells": cfg.teacher_max_cells,
+        "markers": d,
+        "params": n_params,
+        "step_s_min": round(best, 4),
+        "step_s_median": round(median, 4),
+        "peak_gib": round(peak, 2),
+        "step_tflop": round(flops / 1e12, 3),
         "achieved_tflops": round(flops / best / 1e12, 1),
         "frac_bf16_peak": round(flops / best / HOPPER_BF16_PEAK, 3)
-        if device.type == "cuda" else None,
-        "teacher_embed_s_min": round(t_best, 4), "teacher_embed_s_median": round(t_median, 4),
+        if device.type == "cuda"
+        else None,
+        "teacher_embed_s_min": round(t_best, 4),
+        "teacher_embed_s_median": round(t_median, 4),
         "teacher_gflop_per_1k_cells": None,
     }
     with FlopCounterMode(display=False) as counter:
         teacher_only()
-    result["teacher_gflop_per_1k_cells"] = round(counter.get_total_flops() / n_teacher * 1e3 / 1e9, 3)
-    del net, opt, students, teachers
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    result["teacher_gflop_per_1k_cells"] = round(
+        counter.get_total_flops() / n_teacher * 1e3 / 1e9, 3
+    )
     return result
 
 
@@ -108,8 +117,12 @@ def main(argv=None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke run)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default=None, help="run one preset only")
-    parser.add_argument("--teacher-max-cells", type=int, default=None,
-                        help="cap the teacher's cells (default: all 10^6, streamed)")
+    parser.add_argument(
+        "--teacher-max-cells",
+        type=int,
+        default=None,
+        help="cap the teacher's cells (default: all 10^6, streamed)",
+    )
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
@@ -123,8 +136,18 @@ def main(argv=None) -> int:
     ]
     if args.small:
         runs = [
-            ("paper", 64, 2000, {"latent_dim": 32, "ff_dim": 64, "n_inducing": 16,
-                                 "head_hidden": 64, "head_bottleneck": 16}),
+            (
+                "paper",
+                64,
+                2000,
+                {
+                    "latent_dim": 32,
+                    "ff_dim": 64,
+                    "n_inducing": 16,
+                    "head_hidden": 64,
+                    "head_bottleneck": 16,
+                },
+            ),
             ("cpu", 64, 2000, {"batch_size": 2}),
         ]
     for preset_name, n_sub, n_teacher, extra in runs:
@@ -133,8 +156,9 @@ def main(argv=None) -> int:
         try:
             if args.teacher_max_cells:
                 extra = {**extra, "teacher_max_cells": args.teacher_max_cells}
-            res = step_benchmark(preset_name, n_sub, n_teacher, 30, device, args.repeats,
-                                 "bfloat16", **extra)
+            res = step_benchmark(
+                preset_name, n_sub, n_teacher, 30, device, args.repeats, "bfloat16", **extra
+            )
         except torch.cuda.OutOfMemoryError as err:  # report, keep going
             res = {"preset": preset_name, "error": f"OOM: {err}"[:300]}
         print(json.dumps(res), flush=True)

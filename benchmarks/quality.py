@@ -26,28 +26,32 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import evaluate_representations, to_markdown  # noqa: E402
+from evaluate import evaluate_representations, to_markdown
 
-import maestro_sc as mst  # noqa: E402
+import maestro_sc as mst
 
 #: Per data set: targets, CV grouping, samples to exclude, gating and batch columns.
 DATASETS = {
     "synthetic-easy": dict(
         targets={"diagnosis": "classification", "age": "regression"},
-        cell_type_key="cell_type", batch_key="batch",
+        cell_type_key="cell_type",
+        batch_key="batch",
     ),
     "synthetic-hard": dict(
         targets={"diagnosis": "classification", "age": "regression"},
-        cell_type_key="cell_type", batch_key="batch",
+        cell_type_key="cell_type",
+        batch_key="batch",
     ),
     "activation": dict(
         name="cytoexplorer_activation",
         targets={"OVA_Conc": "classification", "Treatment": "classification"},
-        exclude="sample_type != 'sample'", cell_type_key="cell_type",
+        exclude="sample_type != 'sample'",
+        cell_type_key="cell_type",
     ),
     "bcrxl": dict(
         name="bodenmiller_bcrxl_catalyst",
-        targets={"condition": "classification"}, groups="patient_id",
+        targets={"condition": "classification"},
+        groups="patient_id",
     ),
     "aml": dict(name="cytodx_flowcap2_aml", targets={"label": "classification"}),
     "itn": dict(name="itn_flowstats", targets={"GroupID": "classification"}, batch_key="SiteCode"),
@@ -107,18 +111,28 @@ def main(argv=None) -> int:
     spec = DATASETS[args.data]
     adata, sample_key = load(args.data, args.n_samples, args.seed)
     overrides = parse_overrides(args.set)
-    print(f"# {args.data}: {adata.n_obs:,} cells x {adata.n_vars} markers, "
-          f"{adata.obs[sample_key].nunique()} samples | preset {args.preset} {overrides}")
+    print(
+        f"# {args.data}: {adata.n_obs:,} cells x {adata.n_vars} markers, "
+        f"{adata.obs[sample_key].nunique()} samples | preset {args.preset} {overrides}"
+    )
     print(f"# machine: {machine()}")
 
     t0 = time.perf_counter()
-    model = mst.tl.pretrain(adata, sample_key, preset=args.preset, random_state=args.seed,
-                            progress=False, **overrides)
+    model = mst.tl.pretrain(
+        adata, sample_key, preset=args.preset, random_state=args.seed, progress=False, **overrides
+    )
     train_s = time.perf_counter() - t0
-    untrained = mst.tl.pretrain(adata, sample_key, preset=args.preset, random_state=args.seed,
-                                progress=False, **{**overrides, "max_epochs": 0})
-    sdata = mst.tl.embed_samples(adata, sample_key, model=model, neighbors=False, umap=False,
-                                 progress=False)
+    untrained = mst.tl.pretrain(
+        adata,
+        sample_key,
+        preset=args.preset,
+        random_state=args.seed,
+        progress=False,
+        **{**overrides, "max_epochs": 0},
+    )
+    sdata = mst.tl.embed_samples(
+        adata, sample_key, model=model, neighbors=False, umap=False, progress=False
+    )
     sdata.obsm["X_maestro_student"] = model.embed(
         adata, sample_key, which="student", progress=False
     ).to_numpy()
@@ -129,32 +143,61 @@ def main(argv=None) -> int:
         methods = ["means", "quantiles", "kmeans32", "kmeans128", "flowsom"]
         if spec.get("cell_type_key"):
             methods.append("gated")
-        mst.tl.add_baselines(sdata, adata, sample_key, methods=methods,
-                             cell_type_key=spec.get("cell_type_key"), random_state=args.seed)
+        mst.tl.add_baselines(
+            sdata,
+            adata,
+            sample_key,
+            methods=methods,
+            cell_type_key=spec.get("cell_type_key"),
+            random_state=args.seed,
+        )
         reps += [k for k in sdata.obsm if k not in reps and k != "X_umap"]
     table = evaluate_representations(
-        sdata, adata, sample_key, spec["targets"], reps,
-        cell_type_key=spec.get("cell_type_key"), groups=spec.get("groups"),
-        exclude=spec.get("exclude"), batch_key=spec.get("batch_key"),
-        n_repeats=args.n_repeats, random_state=args.seed,
+        sdata,
+        adata,
+        sample_key,
+        spec["targets"],
+        reps,
+        cell_type_key=spec.get("cell_type_key"),
+        groups=spec.get("groups"),
+        exclude=spec.get("exclude"),
+        batch_key=spec.get("batch_key"),
+        n_repeats=args.n_repeats,
+        random_state=args.seed,
     )
-    print(f"# MAESTRO training: {train_s:.0f} s, {model.summary['steps']} steps; "
-          f"final rec {model.history['rec'].iloc[-1]:.3f}, z_std "
-          f"{model.history['z_std'].iloc[-1]:.3f}")
+    print(
+        f"# MAESTRO training: {train_s:.0f} s, {model.summary['steps']} steps; "
+        f"final rec {model.history['rec'].iloc[-1]:.3f}, z_std "
+        f"{model.history['z_std'].iloc[-1]:.3f}"
+    )
     print(to_markdown(table))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as fh:
         for rep, row in table.iterrows():
-            fh.write(json.dumps({
-                "data": args.data, "tag": args.tag, "seed": args.seed, "preset": args.preset,
-                "overrides": {k: list(v) if isinstance(v, tuple) else v
-                              for k, v in overrides.items()},
-                "rep": rep, "train_s": round(timings.get(rep, np.nan), 1),
-                "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-                **{k: (None if isinstance(v, float) and np.isnan(v) else v)
-                   for k, v in row.items()},
-            }, default=str) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "data": args.data,
+                        "tag": args.tag,
+                        "seed": args.seed,
+                        "preset": args.preset,
+                        "overrides": {
+                            k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()
+                        },
+                        "rep": rep,
+                        "train_s": round(timings.get(rep, np.nan), 1),
+                        "date": time.strftime("%Y-%m-%d"),
+                        "machine": machine(),
+                        **{
+                            k: (None if isinstance(v, float) and np.isnan(v) else v)
+                            for k, v in row.items()
+                        },
+                    },
+                    default=str,
+                )
+                + "\n"
+            )
     return 0
 
 

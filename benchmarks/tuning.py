@@ -34,8 +34,12 @@ def main(tag: str, overrides: dict) -> dict:
     start = time.perf_counter()
     model = mst.tl.pretrain(adata, "sample", preset="cpu", progress=False, **overrides)
     result = {
-        "tag": tag, "overrides": overrides, "difficulty": difficulty, "n_samples": n_samples,
-        "train_s": round(time.perf_counter() - start), "steps": model.summary["steps"],
+        "tag": tag,
+        "overrides": overrides,
+        "difficulty": difficulty,
+        "n_samples": n_samples,
+        "train_s": round(time.perf_counter() - start),
+        "steps": model.summary["steps"],
     }
     sdata = mst.tl.aggregate_samples(adata, "sample")
     for which in ("teacher", "student"):
@@ -52,8 +56,10 @@ def main(tag: str, overrides: dict) -> dict:
     h = model.history
     if len(h):
         result["history"] = {
-            "rec_start": round(h.rec.iloc[:5].mean(), 3), "rec_end": round(h.rec.iloc[-5:].mean(), 3),
-            "sd_end": round(h.sd.iloc[-5:].mean(), 3), "z_std_end": round(h.z_std.iloc[-5:].mean(), 3),
+            "rec_start": round(h.rec.iloc[:5].mean(), 3),
+            "rec_end": round(h.rec.iloc[-5:].mean(), 3),
+            "sd_end": round(h.sd.iloc[-5:].mean(), 3),
+            "z_std_end": round(h.z_std.iloc[-5:].mean(), 3),
             "teacher_entropy_end": round(h.teacher_entropy.iloc[-5:].mean(), 3),
         }
     OUT.parent.mkdir(parents=True, exist_ok=True)

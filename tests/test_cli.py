@@ -37,8 +37,18 @@ def test_errors_are_messages_not_tracebacks(cohort, tmp_path, capsys):
     cohort.write_h5ad(cells)
     model = train(cohort, max_epochs=1)
     model.save(tmp_path / "m")
-    code = main(["embed", str(cells), "--sample-key", "donor", "-o", str(tmp_path / "o.h5ad"),
-                 "--model", str(tmp_path / "m")])
+    code = main(
+        [
+            "embed",
+            str(cells),
+            "--sample-key",
+            "donor",
+            "-o",
+            str(tmp_path / "o.h5ad"),
+            "--model",
+            str(tmp_path / "m"),
+        ]
+    )
     assert code == 2
     assert "donor" in capsys.readouterr().err
     code = main(["embed", str(tmp_path / "missing.h5ad"), "--sample-key", "sample", "-o", "x"])
