@@ -18,10 +18,9 @@ import warnings
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
+from sklearn.metrics import roc_auc_score
 
-import maestro_sc as mst  # noqa: E402
+import maestro_sc as mst
 
 
 def auroc(adata, diagnosis: str, cell_type_prefix: str) -> float:
@@ -50,8 +49,9 @@ def main(argv=None) -> int:
     if args.out:
         mst.tl.cell_attribution(adata, model, "sample", progress=False)
         sample = adata.obs.loc[adata.obs["diagnosis"] == "plasmablast_expansion", "sample"].iloc[0]
-        mst.pl.cell_attribution(adata, sample_key="sample", samples=[sample], show=False,
-                                save=args.out)
+        mst.pl.cell_attribution(
+            adata, sample_key="sample", samples=[sample], show=False, save=args.out
+        )
         print(f"# figure: {args.out} (sample {sample})")
     return 0
 
