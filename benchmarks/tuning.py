@@ -9,7 +9,9 @@ training (reconstruction, distillation, z spread, teacher entropy)::
     python benchmarks/tuning.py mass_jit10 '{"max_epochs": 10, "readout": "pma+mass",
                                              "view_shift": 0.5, "view_scale": 0.2}'
 
-``_n`` and ``_difficulty`` in the JSON choose the cohort (default 120 samples, "easy").
+``_n`` and ``_difficulty`` in the JSON choose the cohort (default 120 samples, "easy");
+``random_state`` (a :func:`maestro_sc.tl.pretrain` argument) the training seed;
+``"_normalize_batches": true`` applies :func:`maestro_sc.pp.normalize_batches` first.
 """
 
 from __future__ import annotations
@@ -25,16 +27,21 @@ import maestro_sc as mst
 OUT = Path(__file__).parent / "results" / "tuning.jsonl"
 
 
-def main(tag: str, overrides: dict) -> dict:
+def main(tag: str, overrides: dict, out: Path = OUT) -> dict:
+    overrides = dict(overrides)
     difficulty = overrides.pop("_difficulty", "easy")
     n_samples = overrides.pop("_n", 120)
     adata = mst.datasets.synthetic_cohort(
         n_samples=n_samples, difficulty=difficulty, random_state=0
     )
+    normalized = bool(overrides.pop("_normalize_batches", False))
+    if normalized:
+        mst.pp.normalize_batches(adata, "batch")
     start = time.perf_counter()
     model = mst.tl.pretrain(adata, "sample", preset="cpu", progress=False, **overrides)
     result = {
         "tag": tag,
+        "normalize_batches": normalized,
         "overrides": overrides,
         "difficulty": difficulty,
         "n_samples": n_samples,
@@ -62,8 +69,8 @@ def main(tag: str, overrides: dict) -> dict:
             "z_std_end": round(h.z_std.iloc[-5:].mean(), 3),
             "teacher_entropy_end": round(h.teacher_entropy.iloc[-5:].mean(), 3),
         }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with OUT.open("a") as fh:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as fh:
         fh.write(json.dumps(result) + "\n")
     return result
 

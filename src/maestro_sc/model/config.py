@@ -16,7 +16,7 @@ _CHOICES = {
     "decoder": ("queries", "paper"),
     "decoder_block": ("sab", "isab"),
     "mask_mode": ("block", "random", "none"),
-    "readout": ("pma", "pma+mass"),
+    "readout": ("pma", "pma+mass", "pma+proto"),
     "embed_with": ("teacher", "student"),
     "dtype": ("float32", "bfloat16", "float16"),
 }
@@ -40,6 +40,10 @@ class MaestroConfig:
         ``m``, learned inducing points per ISAB (paper eq. 5).
     n_isab
         Number of ISAB blocks in the encoder (paper eq. 8: 3).
+    n_prototypes
+        ``K`` of prototype pooling (:mod:`maestro_sc.model.prototypes`, not in the paper): the
+        cells' soft counts over ``K`` learned marker profiles, projected and added to ``z``.
+        0 (paper) leaves it out.
     decoder
         ``"queries"`` (learned Gaussian queries, any set size) or ``"paper"`` (PMA with
         ``n_sub`` learned seeds, paper eq. 9 and F.2).
@@ -80,7 +84,8 @@ class MaestroConfig:
     readout
         ``"pma"`` (paper: the embedding is the PMA output ``z``) or ``"pma+mass"`` (``z``
         concatenated with the mean attention of the cells over the last ISAB's inducing points,
-        per head, a composition-aware readout).
+        per head, a composition-aware readout) or ``"pma+proto"`` (``z`` concatenated with the
+        prototype composition; needs ``n_prototypes > 0``).
     mass_log
         For ``"pma+mass"``: centred log-proportions (``True``) or proportions (``False``).
     embed_with
@@ -115,6 +120,7 @@ class MaestroConfig:
     n_heads: int = 4
     n_inducing: int = 32
     n_isab: int = 3
+    n_prototypes: int = 0
     decoder: str = "queries"
     decoder_depth: int = 3
     decoder_block: str = "sab"
@@ -186,6 +192,13 @@ class MaestroConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"MaestroConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.n_prototypes < 0:
+            raise ValueError(f"n_prototypes must be >= 0, got {self.n_prototypes}.")
+        if self.readout == "pma+proto" and self.n_prototypes < 1:
+            raise ValueError(
+                "readout='pma+proto' needs prototype pooling: set n_prototypes >= 1 "
+                "(e.g. 64), or choose readout='pma'."
+            )
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
         if not 0.0 <= self.ema_momentum <= 1.0 or not 0.0 <= self.ema_final <= 1.0:
@@ -195,8 +208,11 @@ class MaestroConfig:
 
     @property
     def embedding_dim(self) -> int:
-        """Width ``E`` of a sample embedding: ``D``, plus ``heads * m`` for ``"pma+mass"``."""
-        extra = self.n_heads * self.n_inducing if self.readout == "pma+mass" else 0
+        """Width ``E`` of a sample embedding: ``D``, plus ``heads * m`` for ``"pma+mass"`` or
+        ``K`` for ``"pma+proto"``."""
+        extra = {"pma+mass": self.n_heads * self.n_inducing, "pma+proto": self.n_prototypes}.get(
+            self.readout, 0
+        )
         return self.latent_dim + extra
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import ISAB, PMA, chunks
+from .prototypes import PrototypePool
 
 
 class _Trace(NamedTuple):
@@ -37,6 +38,9 @@ class SetEncoder(nn.Module):
     ----------
     n_markers, dim, n_heads, ff_dim, n_inducing, n_isab
         ``d``, ``D``, heads, SwiGLU hidden width, ``m`` and the number of ISABs.
+    n_prototypes
+        ``K`` of the prototype-pooling branch (:mod:`maestro_sc.model.prototypes`), whose
+        projected composition is added to ``z``; 0 (paper) leaves it out.
 
     Examples
     --------
@@ -47,13 +51,24 @@ class SetEncoder(nn.Module):
     """
 
     def __init__(
-        self, n_markers: int, dim: int, n_heads: int, ff_dim: int, n_inducing: int, n_isab: int
+        self,
+        n_markers: int,
+        dim: int,
+        n_heads: int,
+        ff_dim: int,
+        n_inducing: int,
+        n_isab: int,
+        n_prototypes: int = 0,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(n_markers, dim)
         self.mask_token = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
         self.isabs = nn.ModuleList(ISAB(dim, n_heads, ff_dim, n_inducing) for _ in range(n_isab))
         self.pool = PMA(dim, n_heads, ff_dim, n_seeds=1)
+        self.proto = PrototypePool(n_markers, n_prototypes, dim) if n_prototypes > 0 else None
+
+    def _with_composition(self, z: Tensor, comp: Tensor | None) -> Tensor:
+        return z if comp is None else z + self.proto.proj(comp).to(z.dtype)
 
     def cells(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Input ``Linear``; masked cells become the learned mask token (paper C.1 step 5)."""
@@ -78,6 +93,7 @@ class SetEncoder(nn.Module):
         induced = last.induced(h)
         h_last = last.mab_cells(h, induced)
         z = self.pool(h_last)[:, 0]
+        z = self._with_composition(z, None if self.proto is None else self.proto(x, mask))
         if not with_mass:
             return z
         return z, last.mab_cells.attn.weights(h, induced).mean(dim=2)
@@ -98,6 +114,8 @@ class SetEncoder(nn.Module):
         """
         trace = self._trace(x, chunk_size)
         z = self.pool.streamed(trace.h_last, chunk_size)[0][:, 0]
+        comp = None if self.proto is None else self.proto.streamed(x, chunk_size)
+        z = self._with_composition(z, comp)
         if not with_mass:
             return z
         attn = self.isabs[-1].mab_cells.attn

@@ -67,7 +67,13 @@ class Maestro(nn.Module):
         self.register_buffer("marker_std", torch.ones(d))
         self.register_buffer("center", torch.zeros(config.head_dim))
         self.encoder = SetEncoder(
-            d, dim, config.n_heads, config.ff_dim, config.n_inducing, config.n_isab
+            d,
+            dim,
+            config.n_heads,
+            config.ff_dim,
+            config.n_inducing,
+            config.n_isab,
+            config.n_prototypes,
         )
         self.head = ProjectionHead(dim, config.head_hidden, config.head_bottleneck, config.head_dim)
         self.decoder = build_decoder(config)
@@ -93,6 +99,28 @@ class Maestro(nn.Module):
         x = torch.as_tensor(x, device=self.marker_mean.device, dtype=self.marker_mean.dtype)
         return (x - self.marker_mean) / self.marker_std
 
+    @torch.no_grad()
+    def init_prototypes(self, cells: Tensor, random_state: int = 0) -> None:
+        """Start the prototypes of student and teacher at a k-means++ draw of raw ``cells``.
+
+        Does nothing without prototype pooling (``config.n_prototypes == 0``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                     n_prototypes=6)
+        >>> model = Maestro(cfg)
+        >>> model.init_prototypes(torch.randn(100, 3))
+        >>> bool(torch.equal(model.encoder.proto.prototypes, model.teacher_encoder.proto.prototypes))
+        True
+        """
+        if self.encoder.proto is None:
+            return
+        self.encoder.proto.initialize(self.standardize(cells), random_state)
+        self.teacher_encoder.proto.load_state_dict(self.encoder.proto.state_dict())
+
     # -- embedding --------------------------------------------------------------------------
 
     def _encoder(self, which: str | None) -> SetEncoder:
@@ -115,8 +143,11 @@ class Maestro(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device, dtype=getattr(torch, self.config.dtype))
 
-    def _readout(self, z: Tensor, mass: Tensor | None) -> Tensor:
-        """The embedding: ``z``, or ``z`` with the attention mass over the inducing points."""
+    def _readout(self, z: Tensor, mass: Tensor | None, comp: Tensor | None = None) -> Tensor:
+        """The embedding: ``z``, or ``z`` with the attention mass over the inducing points, or
+        ``z`` with the prototype composition."""
+        if comp is not None:
+            return torch.cat([z.float(), comp.float()], dim=1)
         if mass is None:
             return z.float()
         if self.config.mass_log:
@@ -153,12 +184,12 @@ class Maestro(nn.Module):
         """
         cells = self._cells(x)
         mass = self.config.readout == "pma+mass"
+        encoder, chunk = self._encoder(which), chunk_size or self.config.chunk_size
         with self._autocast():
-            out = self._encoder(which).streamed(
-                cells, chunk_size or self.config.chunk_size, with_mass=mass
-            )
+            out = encoder.streamed(cells, chunk, with_mass=mass)
         z, m = out if mass else (out, None)
-        return self._readout(z, m)[0]
+        comp = encoder.proto.streamed(cells, chunk) if self.config.readout == "pma+proto" else None
+        return self._readout(z, m, comp)[0]
 
     def encode_batch(self, x: Tensor, which: str | None = None) -> Tensor:
         """Embeddings ``(B, E)`` of equally sized raw sets ``(B, n, d)`` in one forward pass.
@@ -178,9 +209,11 @@ class Maestro(nn.Module):
         mass = self.config.readout == "pma+mass"
         grad = contextlib.nullcontext() if encoder is self.encoder else torch.no_grad()
         with grad:
-            out = encoder(self.standardize(x), with_mass=mass)
+            cells = self.standardize(x)
+            out = encoder(cells, with_mass=mass)
+            comp = encoder.proto(cells) if self.config.readout == "pma+proto" else None
         z, m = out if mass else (out, None)
-        return self._readout(z, m)
+        return self._readout(z, m, comp)
 
     @torch.no_grad()
     def cell_scores(

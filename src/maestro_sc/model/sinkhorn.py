@@ -80,9 +80,10 @@ def sinkhorn_plan(
     Examples
     --------
     >>> import torch
-    >>> plan, f, g, n_iter = sinkhorn_plan(torch.rand(2, 5, 6), torch.full((2,), 0.1), 500, 1e-6)
-    >>> plan.sum(dim=(1, 2))
-    tensor([1.0000, 1.0000])
+    >>> cost = torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(0))
+    >>> plan, f, g, n_iter = sinkhorn_plan(cost, torch.full((2,), 0.1), 500, 1e-6)
+    >>> [round(float(s), 4) for s in plan.sum(dim=(1, 2))]
+    [1.0, 1.0]
     """
     _, n, k = cost.shape
     scaled = cost / epsilon.view(-1, 1, 1)

@@ -23,10 +23,14 @@ from ._model import MaestroModel, check_which, h5ad_safe, match_panel
 
 #: Cells pooled (over all samples) to fit the per-marker standardisation.
 _SCALER_CELLS = 200_000
+#: Of those, cells used to start the prototypes of prototype pooling (k-means++).
+_PROTOTYPE_CELLS = 20_000
 
 
-def marker_scaler(index: SampleIndex, samples: Sequence[int], random_state: int):
-    """Per-marker mean and std over a pooled subsample of the training cells."""
+def marker_scaler(
+    index: SampleIndex, samples: Sequence[int], random_state: int, *, return_cells: bool = False
+):
+    """Per-marker mean and std over a pooled subsample of the training cells (and the cells)."""
     per_sample = max(1, _SCALER_CELLS // max(1, len(samples)))
     rng = np.random.default_rng(random_state)
     cells = np.concatenate([index.read(i, n=per_sample, random_state=rng) for i in samples])
@@ -39,7 +43,8 @@ def marker_scaler(index: SampleIndex, samples: Sequence[int], random_state: int)
             UserWarning,
             stacklevel=3,
         )
-    return mean.astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+    out = mean.astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+    return (*out, cells) if return_cells else out
 
 
 def trainable_samples(index: SampleIndex, min_cells: int, strict: bool) -> list[int]:
@@ -193,8 +198,12 @@ def pretrain(
 
     pl.seed_everything(random_state, workers=True, verbose=False)
     net = Maestro(config)
-    mean, std = marker_scaler(index, samples, random_state)
+    mean, std, pooled = marker_scaler(index, samples, random_state, return_cells=True)
     net.set_scaler(torch.from_numpy(mean), torch.from_numpy(std))
+    if config.n_prototypes:
+        step = max(1, len(pooled) // _PROTOTYPE_CELLS)
+        net.init_prototypes(torch.from_numpy(np.ascontiguousarray(pooled[::step])), random_state)
+    del pooled
 
     steps_per_epoch = config.steps_per_epoch or max(
         math.ceil(len(samples) / config.batch_size),
