@@ -57,7 +57,7 @@ def test_initialize_uses_data_cells_and_sets_temperature():
     dist = torch.cdist(pool.prototypes.detach(), cells).min(dim=1).values
     assert float(dist.max()) < 1e-5  # k-means++ picks cells of the data
     d2 = torch.cdist(cells, pool.prototypes.detach()).pow(2).min(dim=1).values
-    assert float(pool.log_tau.exp()) == pytest.approx(float(d2.median()), rel=1e-4)
+    assert float(pool.log_tau.detach().exp()) == pytest.approx(float(d2.median()), rel=1e-4)
     with pytest.raises(ValueError, match="n_prototypes"):
         PrototypePool(3, 500, 8).initialize(cells)
 

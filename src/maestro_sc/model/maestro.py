@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .blocks import chunks
 from .config import MaestroConfig
 from .decoder import build_decoder
 from .distill import (
@@ -235,6 +236,53 @@ class Maestro(nn.Module):
         """
         encoder = self._encoder(which)
         return encoder.cell_scores(self._cells(x), chunk_size or self.config.chunk_size).float()
+
+    def _prototypes(self, which: str | None):
+        pool = self._encoder(which).proto
+        if pool is None:
+            raise ValueError(
+                "This model has no prototype pooling (n_prototypes=0); train one with "
+                "n_prototypes > 0."
+            )
+        return pool
+
+    @torch.no_grad()
+    def composition(
+        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
+    ) -> Tensor:
+        """Prototype composition ``(K,)`` (centred log-ratio) of one sample's raw cells.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                     n_prototypes=5)
+        >>> Maestro(cfg).composition(torch.randn(40, 3)).shape
+        torch.Size([5])
+        """
+        pool = self._prototypes(which)
+        return pool.streamed(self._cells(x), chunk_size or self.config.chunk_size)[0].float()
+
+    @torch.no_grad()
+    def prototype_assignments(
+        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
+    ) -> Tensor:
+        """Soft assignment ``(n, K)`` of each raw cell to the prototypes (rows sum to 1).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                     n_prototypes=5)
+        >>> a = Maestro(cfg).prototype_assignments(torch.randn(40, 3))
+        >>> a.shape, round(float(a.sum()), 3)
+        (torch.Size([40, 5]), 40.0)
+        """
+        pool, cells = self._prototypes(which), self._cells(x)
+        size = chunk_size or self.config.chunk_size
+        return torch.cat([pool.assignments(cells[0, sl]) for sl in chunks(cells.shape[1], size)])
 
     @torch.no_grad()
     def reconstruct(

@@ -17,6 +17,7 @@ def cell_attribution(
     sample_key: str,
     *,
     key_added: str = "maestro_attribution",
+    method: str = "auto",
     which: str | None = None,
     layer: str | None = None,
     mod: str | None = None,
@@ -24,12 +25,22 @@ def cell_attribution(
     copy: bool = False,
     progress: bool = True,
 ) -> Any:
-    """Score each cell by how much the sample's embedding attends to it.
+    """Score each cell by how much it places its sample where it is in the embedding.
 
-    The score is the attention rollout of the encoder: the pooling seed's attention over the
-    last ISAB's inducing points, times those points' attention over the cells (heads averaged),
-    computed on all of a sample's cells, streamed. Within a sample the scores sum to the number
-    of cells, so 1 is an average cell and 5 is a cell weighted five times the average.
+    Two scores:
+
+    - ``"composition"`` (models with prototype pooling, ``n_prototypes > 0``): how enriched
+      the cell's kind is in its sample compared with the cohort. With ``a_ik`` the cell's soft
+      assignment to prototype ``k``, ``c_sk`` the sample's composition (centred log-ratio) and
+      ``m_k`` its median over the samples of ``adata``, the score is
+      ``sum_k a_ik (c_sk - m_k)``: > 0 for cells of populations the sample has more of than a
+      typical sample, < 0 for depleted ones, in log-ratio units (1 = e-fold enriched).
+    - ``"attention"``: the attention rollout of the encoder, the pooling seed's attention over
+      the last ISAB's inducing points times those points' attention over the cells (heads
+      averaged). Within a sample the scores sum to the number of cells, so 1 is an average
+      cell and 5 a cell weighted five times the average.
+
+    Both are computed on all of a sample's cells, streamed.
 
     Parameters
     ----------
@@ -41,6 +52,9 @@ def cell_attribution(
         Column of ``obs`` with the sample id of each cell.
     key_added
         Column of ``obs`` that receives the scores.
+    method
+        ``"composition"``, ``"attention"`` or ``"auto"`` (composition when the model has
+        prototypes, else attention).
     which
         ``"teacher"`` or ``"student"`` encoder (default: the model's ``embed_with``).
     layer
@@ -72,6 +86,16 @@ def cell_attribution(
 
     if not isinstance(model, MaestroModel):
         raise TypeError(f"`model` must be a MaestroModel, got {type(model).__name__}.")
+    has_prototypes = model.net.config.n_prototypes > 0
+    if method == "auto":
+        method = "composition" if has_prototypes else "attention"
+    if method not in ("composition", "attention"):
+        raise ValueError(f"method={method!r} is not one of 'composition', 'attention', 'auto'.")
+    if method == "composition" and not has_prototypes:
+        raise ValueError(
+            "method='composition' needs a model with prototype pooling (n_prototypes > 0); "
+            "use method='attention' or train with preset='cpu' or n_prototypes=64."
+        )
     check_which(which)
     check_count(chunk_size, "chunk_size", none=True)
     target, _ = resolve_cells(adata, mod)
@@ -80,11 +104,23 @@ def cell_attribution(
     scores = np.zeros(target.n_obs, dtype=np.float32)
     net = model.net.eval()
     device = next(net.parameters()).device
-    for i, cells in tqdm(
-        index.iter_samples(), total=index.n_samples, disable=not progress, desc="attribution"
-    ):
-        s = net.cell_scores(torch.from_numpy(cells).to(device), which=which, chunk_size=chunk_size)
-        scores[index.positions(i)] = s.cpu().numpy() * len(cells)
+    bar = dict(total=index.n_samples, disable=not progress, desc="attribution")
+    if method == "attention":
+        for i, cells in tqdm(index.iter_samples(), **bar):
+            x = torch.from_numpy(cells).to(device)
+            s = net.cell_scores(x, which=which, chunk_size=chunk_size)
+            scores[index.positions(i)] = s.cpu().numpy() * len(cells)
+    else:
+        comp = np.stack(
+            [
+                net.composition(torch.from_numpy(cells).to(device), which, chunk_size).cpu()
+                for _, cells in tqdm(index.iter_samples(), **bar)
+            ]
+        )
+        deviation = torch.from_numpy(comp - np.median(comp, axis=0)).to(device)
+        for i, cells in index.iter_samples():
+            a = net.prototype_assignments(torch.from_numpy(cells).to(device), which, chunk_size)
+            scores[index.positions(i)] = (a @ deviation[i]).cpu().numpy()
     if copy:
         if getattr(target, "isbacked", False):
             raise ValueError(
