@@ -104,6 +104,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="default")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--n-repeats", type=int, default=10)
+    parser.add_argument(
+        "--normalize-batches",
+        action="store_true",
+        help="apply mst.pp.normalize_batches on the data set's batch column first (all methods)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality.jsonl"))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -111,9 +116,14 @@ def main(argv=None) -> int:
     spec = DATASETS[args.data]
     adata, sample_key = load(args.data, args.n_samples, args.seed)
     overrides = parse_overrides(args.set)
+    if args.normalize_batches:
+        if not spec.get("batch_key"):
+            parser.error(f"{args.data} has no batch column to normalise")
+        mst.pp.normalize_batches(adata, spec["batch_key"])
     print(
         f"# {args.data}: {adata.n_obs:,} cells x {adata.n_vars} markers, "
         f"{adata.obs[sample_key].nunique()} samples | preset {args.preset} {overrides}"
+        f"{' | batches normalised' if args.normalize_batches else ''}"
     )
     print(f"# machine: {machine()}")
 
@@ -182,6 +192,7 @@ def main(argv=None) -> int:
                         "tag": args.tag,
                         "seed": args.seed,
                         "preset": args.preset,
+                        "normalize_batches": args.normalize_batches,
                         "overrides": {
                             k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()
                         },

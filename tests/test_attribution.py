@@ -56,6 +56,7 @@ def test_scores_follow_cell_order_not_sample_order(cohort):
         a.obs.loc[shuffled.obs_names, "maestro_attribution"],
         b.obs["maestro_attribution"],
         rtol=1e-4,
+        atol=1e-5,
     )
 
 

@@ -33,7 +33,7 @@ from scipy import sparse
 import maestro_sc as mst
 
 from .conftest import tiny_cohort
-from .test_train import TINY
+from .test_train import EMBED_DIM, TINY
 
 ALLOWED = (ValueError, KeyError, TypeError)
 FAST = dict(preset="cpu", max_epochs=1, progress=False, **TINY)
@@ -450,7 +450,7 @@ def test_property_pretrain_and_embed(spec, folder):
     if sdata is not None:
         assert list(sdata.obs_names) == [str(s) for s in sample_ids(spec)]
         z = sdata.obsm["X_maestro"]
-        assert z.shape == (len(spec["sizes"]), TINY["latent_dim"]) and np.isfinite(z).all()
+        assert z.shape == (len(spec["sizes"]), EMBED_DIM) and np.isfinite(z).all()
 
 
 @settings(max_examples=10, **PROPERTY)
@@ -477,7 +477,7 @@ def test_property_embed_with_model(spec, neighbors, model, folder):
     assert hash_adata(adata) == before
     if sdata is not None:
         z = sdata.obsm["X_maestro"]
-        assert z.shape == (len(spec["sizes"]), TINY["latent_dim"]) and np.isfinite(z).all()
+        assert z.shape == (len(spec["sizes"]), EMBED_DIM) and np.isfinite(z).all()
         ref = model.embed(adata, "sample", progress=False).to_numpy()
         np.testing.assert_array_equal(z, ref.astype(np.float32))
 
@@ -1049,7 +1049,7 @@ def test_two_million_cell_sample_embeds_in_bounded_memory():
     model.embed(big[:1000].copy(), "sample", progress=False)  # warm the kernels
     with PeakRSS() as mem:
         z = model.embed(big, "sample", progress=False)
-    assert z.shape == (1, TINY["latent_dim"]) and np.isfinite(z.to_numpy()).all()
+    assert z.shape == (1, EMBED_DIM) and np.isfinite(z.to_numpy()).all()
     assert mem.growth < 2 * 2**30, f"embedding 2e6 cells took {mem.growth / 2**20:.0f} MB"
 
 

@@ -23,7 +23,10 @@ TINY = dict(
     head_dim=32,
     batch_size=4,
     min_steps=0,
+    n_prototypes=8,
 )
+#: Width of a TINY model's embedding: z and the prototype composition.
+EMBED_DIM = TINY["latent_dim"] + TINY["n_prototypes"]
 
 
 def train(adata, **kw):

@@ -1,5 +1,6 @@
 """Prototype pooling: counts, masking, streaming, initialisation, readout and training."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,8 +59,12 @@ def test_initialize_uses_data_cells_and_sets_temperature():
     assert float(dist.max()) < 1e-5  # k-means++ picks cells of the data
     d2 = torch.cdist(cells, pool.prototypes.detach()).pow(2).min(dim=1).values
     assert float(pool.log_tau.detach().exp()) == pytest.approx(float(d2.median()), rel=1e-4)
-    with pytest.raises(ValueError, match="n_prototypes"):
-        PrototypePool(3, 500, 8).initialize(cells)
+    few = PrototypePool(3, 8, 8)
+    few.initialize(cells[:3])  # fewer cells than prototypes: each cell is used, cyclically
+    distinct = torch.from_numpy(np.unique(cells[:3].double().numpy(), axis=0)).float()
+    torch.testing.assert_close(few.prototypes.detach(), distinct[[0, 1, 2, 0, 1, 2, 0, 1]])
+    with pytest.raises(ValueError, match="finite"):
+        PrototypePool(3, 4, 8).initialize(torch.full((10, 3), float("nan")))
 
 
 def test_model_readout_and_teacher_copy():

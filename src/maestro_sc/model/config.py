@@ -3,7 +3,9 @@
 The ``"paper"`` preset is the paper's appendix F.2 setting; where the paper is silent (projection
 head size, weight decay, gradient clipping, OT epsilon) the value is the authors' public code's
 or a documented choice (``docs/model.md``). ``"cpu"`` and ``"gpu"`` are smaller settings for a
-laptop and one GPU.
+laptop and one GPU; they add prototype pooling (``n_prototypes=128``, readout ``"pma+proto"``,
+:mod:`maestro_sc.model.prototypes`), which the benchmarks showed the paper's readout needs on
+a laptop budget (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -283,6 +285,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         ema_momentum=0.996,
         ema_final=1.0,
         chunk_size=65536,
+        n_prototypes=128,
+        readout="pma+proto",
         lr=3e-4,
         lr_final=1e-6,
         batch_size=8,
@@ -302,6 +306,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         ema_momentum=0.99,
         ema_final=1.0,
         chunk_size=4096,
+        n_prototypes=128,
+        readout="pma+proto",
         lr=1e-3,
         lr_final=1e-5,
         batch_size=8,
@@ -338,4 +344,8 @@ def preset(name: str, **overrides: Any) -> MaestroConfig:
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of {[*PRESETS, 'auto']}.")
     _check_keys(overrides)
-    return MaestroConfig(**{**PRESETS[name], **overrides})
+    fields = {**PRESETS[name], **overrides}
+    if fields.get("readout") == "pma+proto" and fields.get("n_prototypes") == 0:
+        if "readout" not in overrides:
+            fields["readout"] = "pma"  # prototype pooling switched off: the paper's readout
+    return MaestroConfig(**fields)

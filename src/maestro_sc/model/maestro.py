@@ -46,10 +46,11 @@ class Maestro(nn.Module):
     --------
     >>> import torch
     >>> from maestro_sc.model import Maestro, preset
-    >>> cfg = preset("cpu", n_markers=5, latent_dim=16, ff_dim=32, n_inducing=4, n_sub=64)
+    >>> cfg = preset("cpu", n_markers=5, latent_dim=16, ff_dim=32, n_inducing=4, n_sub=64,
+    ...              n_prototypes=8)
     >>> model = Maestro(cfg)
-    >>> model.encode(torch.randn(1000, 5)).shape
-    torch.Size([16])
+    >>> model.encode(torch.randn(1000, 5)).shape  # z (16) and the composition (8)
+    torch.Size([24])
     >>> out = model.training_loss(torch.randn(2, 64, 5), [torch.randn(300, 5)] * 2)
     >>> sorted(out)[:3]
     ['loss', 'ot_iters', 'rec']

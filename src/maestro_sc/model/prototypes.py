@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -87,12 +88,16 @@ class PrototypePool(nn.Module):
 
         k = self.prototypes.shape[0]
         x = cells.double().cpu().numpy()
-        if x.shape[0] < k:
+        if x.shape[0] == 0 or not np.isfinite(x).all():
             raise ValueError(
-                f"Prototype initialisation needs at least n_prototypes={k} cells, got "
-                f"{x.shape[0]}; lower n_prototypes."
+                "Prototype initialisation needs finite cells; got none or non-finite values."
             )
-        centers, _ = kmeans_plusplus(x, k, random_state=random_state)
+        distinct = np.unique(x, axis=0)
+        if len(distinct) <= k:
+            # fewer distinct cells than prototypes: use each, cyclically (duplicates share counts)
+            centers = distinct[np.arange(k) % len(distinct)]
+        else:
+            centers, _ = kmeans_plusplus(x, k, random_state=random_state)
         c = torch.from_numpy(centers).to(self.prototypes)
         self.prototypes.copy_(c)
         d2 = torch.cdist(cells.to(c), c).pow(2).min(dim=1).values
