@@ -252,7 +252,7 @@ def cell_attribution(
     markers: Sequence[str] | None = None,
     layer: str | None = None,
     mod: str | None = None,
-    cmap: str = "viridis",
+    cmap: str | None = None,
     random_state: int = 0,
     title: str | None = None,
     ax: Any = None,
@@ -262,8 +262,10 @@ def cell_attribution(
     """Cells on a 2-D map coloured by their attribution score (``mst.tl.cell_attribution``).
 
     The map is ``obsm[basis]`` (``"umap"`` finds ``X_umap``), or, when it is absent or
-    ``basis=None``, the first two principal components of the cells' marker values. High scores
-    are drawn on top.
+    ``basis=None``, the first two principal components of the cells' marker values. Signed
+    scores (the ``"composition"`` score: enriched > 0, depleted < 0) get a diverging colour map
+    centred at 0 and the cells with the largest ``|score|`` on top; non-negative scores a
+    sequential map with the highest on top.
 
     Parameters
     ----------
@@ -284,7 +286,7 @@ def cell_attribution(
     mod
         Modality of a MuData.
     cmap
-        Colour map of the score.
+        Colour map of the score (default: ``"RdBu_r"`` for signed scores, else ``"viridis"``).
     random_state
         Seed of the cell subsample.
     title
@@ -332,16 +334,23 @@ def cell_attribution(
     if max_cells is not None and len(rows) > max_cells:
         rows = np.sort(np.random.default_rng(random_state).choice(rows, max_cells, replace=False))
     coords, label = _cell_coords(adata, rows, basis, markers, layer)
-    # Highest scores last, so they are drawn on top.
-    order = np.argsort(score[rows], kind="stable")
+    values = score[rows]
+    signed = bool((values < 0).any() and (values > 0).any())
+    # The strongest scores last, so they are drawn on top.
+    order = np.argsort(np.abs(values) if signed else values, kind="stable")
+    limits = {}
+    if signed:
+        bound = float(np.quantile(np.abs(values), 0.995)) or float(np.abs(values).max())
+        limits = dict(vmin=-bound, vmax=bound)
     ax = new_axes(ax, (4.8, 4.0))
     points = ax.scatter(
         coords[order, 0],
         coords[order, 1],
-        c=score[rows][order],
+        c=values[order],
         s=_point_size(len(rows), 12_000.0),
-        cmap=cmap,
+        cmap=cmap or ("RdBu_r" if signed else "viridis"),
         linewidths=0,
+        **limits,
     )
     ax.figure.colorbar(points, ax=ax, fraction=0.046, pad=0.04, label=score_key)
     ax.set_xlabel(f"{label}1")

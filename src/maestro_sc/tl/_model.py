@@ -113,7 +113,9 @@ class MaestroModel:
         steps = self.summary.get("steps", 0)
         return (
             f"MaestroModel(preset={self.summary.get('preset')!r}, markers={len(self.markers)}, "
-            f"latent_dim={cfg.latent_dim}, n_inducing={cfg.n_inducing}, trained_steps={steps})"
+            f"latent_dim={cfg.latent_dim}, n_inducing={cfg.n_inducing}, "
+            f"n_prototypes={cfg.n_prototypes}, embedding_dim={cfg.embedding_dim}, "
+            f"trained_steps={steps})"
         )
 
     def embed(
