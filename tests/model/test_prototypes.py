@@ -104,3 +104,12 @@ def test_config_checks():
     with pytest.raises(ValueError, match="n_prototypes"):
         MaestroConfig(n_markers=3, n_prototypes=-1)
     assert MaestroConfig(n_markers=3, n_prototypes=9, readout="pma+proto").embedding_dim == 73
+
+
+def test_assignments_stay_float32_under_autocast():
+    pool = _pool()
+    x = torch.randn(2, 300, 3) * 5 + 40  # large norms: half-precision distances would fail
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = pool.assignments(x)
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, pool.assignments(x))

@@ -54,10 +54,12 @@ class PrototypePool(nn.Module):
         self.eps = 1.0 / (4 * n_prototypes)
 
     def assignments(self, x: Tensor) -> Tensor:
-        """Soft assignment ``(..., n, K)`` of standardised cells ``(..., n, d)``."""
-        c = self.prototypes.to(x.dtype)
-        d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ c.T + (c * c).sum(-1)
-        return torch.softmax(-d2.clamp_min(0) / self.log_tau.exp().to(x.dtype), dim=-1)
+        """Soft assignment ``(..., n, K)`` of standardised cells ``(..., n, d)``, in float32
+        (also under autocast: squared distances lose too much in half precision)."""
+        with torch.autocast(x.device.type, enabled=False):
+            x, c = x.float(), self.prototypes.float()
+            d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ c.T + (c * c).sum(-1)
+            return torch.softmax(-d2.clamp_min(0) / self.log_tau.float().exp(), dim=-1)
 
     def _composition(self, counts: Tensor, n: Tensor) -> Tensor:
         log_p = (counts / n.clamp_min(1.0) + self.eps).log()
