@@ -274,12 +274,11 @@ class Maestro(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
-        ...                     n_prototypes=5)
-        >>> a = Maestro(cfg).prototype_assignments(torch.randn(40, 3))
+        >>> from maestro_sc.model import Maestro, preset
+        >>> model = Maestro(preset("cpu", n_markers=4, n_prototypes=6))
+        >>> a = model.prototype_assignments(torch.randn(40, 4))
         >>> a.shape, round(float(a.sum()), 3)
-        (torch.Size([40, 5]), 40.0)
+        (torch.Size([40, 6]), 40.0)
         """
         pool, cells = self._prototypes(which), self._cells(x)
         size = chunk_size or self.config.chunk_size
