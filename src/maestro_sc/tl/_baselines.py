@@ -225,6 +225,19 @@ def _run(method: str, index: SampleIndex, props: Any = None, **kwargs) -> tuple:
     return rep, features, info
 
 
+def _one_baseline(
+    method: str, adata: Any, sample_key: str, key_added: str, markers, layer, mod, **kwargs
+) -> Any:
+    """Index the cells, build one baseline and return it in a new sample table."""
+    index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
+    if "n_fit_cells" in kwargs:
+        _check_fit_cells(kwargs["n_fit_cells"], kwargs["n_clusters"])
+    sdata = _table(index, mod)
+    rep, features, info = _run(method, index, **kwargs)
+    _store(sdata, key_added, rep, features, info)
+    return sdata
+
+
 def baseline_means(
     adata: Any,
     sample_key: str,
@@ -265,11 +278,7 @@ def baseline_means(
     >>> sdata.obsm["X_means"].shape[0]
     8
     """
-    index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
-    sdata = _table(index, mod)
-    rep, features, info = _run("means", index)
-    _store(sdata, key_added, rep, features, info)
-    return sdata
+    return _one_baseline("means", adata, sample_key, key_added, markers, layer, mod)
 
 
 def baseline_quantiles(
@@ -311,11 +320,9 @@ def baseline_quantiles(
     >>> sdata.obsm["X_quantiles"].shape[1] == 6 * sdata.n_vars
     True
     """
-    index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
-    sdata = _table(index, mod)
-    rep, features, info = _run("quantiles", index, quantiles=tuple(quantiles))
-    _store(sdata, key_added, rep, features, info)
-    return sdata
+    return _one_baseline(
+        "quantiles", adata, sample_key, key_added, markers, layer, mod, quantiles=tuple(quantiles)
+    )
 
 
 def baseline_kmeans(
@@ -370,19 +377,19 @@ def baseline_kmeans(
     16
     """
     key_added = key_added or f"X_kmeans{n_clusters}"
-    index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
-    _check_fit_cells(n_fit_cells, n_clusters)
-    sdata = _table(index, mod)
-    rep, features, info = _run(
+    return _one_baseline(
         "kmeans",
-        index,
+        adata,
+        sample_key,
+        key_added,
+        markers,
+        layer,
+        mod,
         n_clusters=n_clusters,
         n_fit_cells=n_fit_cells,
         batch_size=batch_size,
         random_state=random_state,
     )
-    _store(sdata, key_added, rep, features, info)
-    return sdata
 
 
 def baseline_flowsom(
@@ -447,12 +454,14 @@ def baseline_flowsom(
         import flowsom  # noqa: F401
     except ImportError as err:
         raise ImportError(_FLOWSOM_HINT) from err
-    index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
-    _check_fit_cells(n_fit_cells, n_clusters)
-    sdata = _table(index, mod)
-    rep, features, info = _run(
+    return _one_baseline(
         "flowsom",
-        index,
+        adata,
+        sample_key,
+        key_added,
+        markers,
+        layer,
+        mod,
         n_clusters=n_clusters,
         xdim=xdim,
         ydim=ydim,
@@ -461,8 +470,6 @@ def baseline_flowsom(
         n_fit_cells=n_fit_cells,
         random_state=random_state,
     )
-    _store(sdata, key_added, rep, features, info)
-    return sdata
 
 
 def baseline_gated(
