@@ -45,6 +45,9 @@ def test_composition_scores_mark_enriched_cells(cohort):
     got = out.obs.loc[out.obs["sample"] == s0, "maestro_attribution"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert (auto > 0).any() and (auto < 0).any()
+    one = cohort[cohort.obs["sample"] == s0].copy()
+    with pytest.raises(ValueError, match="whole cohort"):
+        mst.tl.cell_attribution(one, model, "sample", progress=False)
 
 
 def test_scores_follow_cell_order_not_sample_order(cohort):

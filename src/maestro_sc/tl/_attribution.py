@@ -32,7 +32,7 @@ def cell_attribution(
     - ``"composition"`` (models with prototype pooling, ``n_prototypes > 0``): how enriched
       the cell's kind is in its sample compared with the cohort. With ``a_ik`` the cell's soft
       assignment to prototype ``k``, ``c_sk`` the sample's composition (centred log-ratio) and
-      ``m_k`` its median over the samples of ``adata``, the score is
+      ``m_k`` its median over the samples of ``adata`` (so pass the whole cohort), the score is
       ``sum_k a_ik (c_sk - m_k)``: > 0 for cells of populations the sample has more of than a
       typical sample, < 0 for depleted ones, in log-ratio units (1 = e-fold enriched).
     - ``"attention"``: the attention rollout of the encoder, the pooling seed's attention over
@@ -108,6 +108,11 @@ def cell_attribution(
     scores = np.zeros(target.n_obs, dtype=np.float32)
     net = model.net.eval()
     device = next(net.parameters()).device
+    if method == "composition" and index.n_samples < 2:
+        raise ValueError(
+            "method='composition' compares each sample with the others, and adata holds one "
+            "sample: score the whole cohort, then subset (or use method='attention')."
+        )
     bar = dict(total=index.n_samples, disable=not progress, desc="attribution")
     if method == "attention":
         for i, cells in tqdm(index.iter_samples(), **bar):
