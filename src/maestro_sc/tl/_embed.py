@@ -393,7 +393,9 @@ def embed_samples(
     Returns
     -------
     A sample-level AnnData: one row per sample, ``X`` = per-sample marker means, the embedding
-    in ``obsm[key_added]``, ``uns["maestro"]`` with the config, markers and training summary.
+    in ``obsm[key_added]`` (with the ``cpu`` and ``gpu`` presets: the pooled ``z``, then the
+    sample's composition over the model's prototypes; ``model.config.embedding_dim`` columns),
+    ``uns["maestro"]`` with the config, markers and training summary.
 
     Examples
     --------
