@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import warnings
 from pathlib import Path
 
 import numpy as np
+from _machine import machine
 
 RESULTS = Path(__file__).parent / "results"
 JSONL = RESULTS / "ablation.jsonl"
@@ -66,18 +66,10 @@ def run(epochs: int, seeds: list[int], readout: str) -> None:
             over = {**READOUTS[readout], **overrides, "max_epochs": epochs, "random_state": seed}
             result = tuning_run(tag, over, out=tmp)
             tmp.unlink(missing_ok=True)
-            result.update(seed=seed, epochs=epochs, readout=readout, machine=_machine())
+            result.update(seed=seed, epochs=epochs, readout=readout, machine=machine())
             with JSONL.open("a") as fh:
                 fh.write(json.dumps(result) + "\n")
             print(json.dumps(result), flush=True)
-
-
-def _machine() -> str:
-    import torch
-
-    return (
-        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    )
 
 
 def _cell(values: list[float]) -> str:

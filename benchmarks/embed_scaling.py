@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -40,27 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import machine
+
 N_MARKERS = 30
 FLOP_CELLS = 10_000
-
-
-def machine() -> str:
-    """One line naming the machine, the torch build and threads, and the date."""
-    import torch
-
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{platform.platform()} | CPU {cpu} x {os.cpu_count()} logical | torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads | "
-        f"{time.strftime('%Y-%m-%d %H:%M')} | load avg {os.getloadavg()[0]:.1f}"
-    )
 
 
 def _status_mib(key: str) -> float | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import warnings
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine
 from evaluate import evaluate_representations, to_markdown
 
 import maestro_sc as mst
@@ -82,16 +82,6 @@ def parse_overrides(items: list[str]) -> dict:
         if isinstance(out[key], list):
             out[key] = tuple(out[key])
     return out
-
-
-def machine() -> str:
-    import torch
-
-    return (
-        f"{platform.node()} | {platform.processor() or platform.machine()} | "
-        f"{torch.get_num_threads()} threads | torch {torch.__version__} | "
-        f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}"
-    )
 
 
 def main(argv=None) -> int:

@@ -34,15 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine
 
 from maestro_sc.model.sinkhorn import sinkhorn_cost, sinkhorn_plan, squared_distances
 
@@ -51,23 +49,11 @@ N_MARKERS = 30
 EPS_REL = 0.02
 
 
-def machine() -> str:
-    """One line naming the machine, the torch build and threads, and the date."""
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def pot_machine() -> str:
+    """The machine line, with the POT version."""
     import ot
 
-    return (
-        f"{platform.platform()} | CPU {cpu} x {os.cpu_count()} logical | torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads | POT {ot.__version__} | "
-        f"{time.strftime('%Y-%m-%d %H:%M')} | load avg {os.getloadavg()[0]:.1f}"
-    )
+    return machine(f"POT {ot.__version__} | ")
 
 
 def point_sets(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# machine: {machine()}")
+    print(f"# machine: {pot_machine()}")
     print(
         f"# {N_VIEWS} views x n cells x {N_MARKERS} markers, clustered, standardised; "
         f"eps = {EPS_REL} x mean cost; tol {args.tol:g} (L1 marginal), cap {args.max_iter}"
@@ -333,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "a") as f:
             for rec in records:
-                f.write(json.dumps({"machine": machine(), **rec}) + "\n")
+                f.write(json.dumps({"machine": pot_machine(), **rec}) + "\n")
     return 0
 
 

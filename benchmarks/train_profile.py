@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _machine import machine
 
 import maestro_sc as mst
 import maestro_sc.model.maestro as maestro_module
@@ -55,23 +53,6 @@ PARTS = (
     "optimizer (clip + AdamW)",
     "EMA update",
 )
-
-
-def machine() -> str:
-    """One line naming the machine, the torch build and threads, and the date."""
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{platform.platform()} | CPU {cpu} x {os.cpu_count()} logical | torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads | "
-        f"{time.strftime('%Y-%m-%d %H:%M')} | load avg {os.getloadavg()[0]:.1f}"
-    )
 
 
 def labelled(fn, label: str):
