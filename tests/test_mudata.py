@@ -23,7 +23,10 @@ from .test_train import TINY
 
 FAST = dict(preset="cpu", max_epochs=1, progress=False, **TINY)
 
-pytestmark = pytest.mark.filterwarnings("ignore:From 0.4 .update:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:From 0.4 .update:FutureWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def prot_cells(seed: int = 0) -> ad.AnnData:
@@ -53,21 +56,6 @@ def modality(data):
 
 def _dense(x) -> np.ndarray:
     return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def torch_threads():
-    """Run this module on one thread; yields the thread count it had before.
-
-    The model's per-operation work is small, and OpenMP's busy-waiting threads then cost more
-    than they give: on a shared 2-core machine one thread embedded cells 10-20 times faster.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield threads
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

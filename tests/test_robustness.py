@@ -53,6 +53,7 @@ FLOATS = ("float32", "float64")
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.filterwarnings("ignore:From 0.4 .update:FutureWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
 ]
 
 
@@ -183,21 +184,6 @@ def messy_cells() -> ad.AnnData:
     a.obsm["X_pca"] = np.random.default_rng(1).normal(size=(a.n_obs, 3))
     a.uns["nested"] = {"numbers": np.arange(3), "text": "kept", "inner": {"x": 1.5}}
     return a
-
-
-@pytest.fixture(scope="module", autouse=True)
-def torch_threads():
-    """Run this module on one thread; yields the thread count it had before.
-
-    The model's per-operation work is small, and OpenMP's busy-waiting threads then cost more
-    than they give: on a shared 2-core machine one thread embedded cells 10-20 times faster.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield threads
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
