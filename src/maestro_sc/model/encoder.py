@@ -68,7 +68,8 @@ class SetEncoder(nn.Module):
         self.proto = PrototypePool(n_markers, n_prototypes, dim) if n_prototypes > 0 else None
 
     def _with_composition(self, z: Tensor, comp: Tensor | None) -> Tensor:
-        return z if comp is None else z + self.proto.proj(comp).to(z.dtype)
+        """``z`` plus the projected prototype composition (unchanged without prototypes)."""
+        return z if self.proto is None else z + self.proto.proj(comp).to(z.dtype)
 
     def cells(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Input ``Linear``; masked cells become the learned mask token (paper C.1 step 5)."""
@@ -78,13 +79,19 @@ class SetEncoder(nn.Module):
         return h
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, *, with_mass: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        with_mass: bool = False,
+        composition: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Encode a batch of sets ``(B, n, d)`` to ``z`` ``(B, D)``.
 
         ``mask`` ``(B, n)`` marks cells to replace by the mask token. With ``with_mass`` also
         returns the mean attention of the cells over the last ISAB's inducing points
-        ``(B, heads, m)``.
+        ``(B, heads, m)``. ``composition`` is ``self.proto(x, mask)`` when the caller already
+        has it (computed here otherwise).
         """
         h = self.cells(x, mask)
         for isab in self.isabs[:-1]:
@@ -93,7 +100,9 @@ class SetEncoder(nn.Module):
         induced = last.induced(h)
         h_last = last.mab_cells(h, induced)
         z = self.pool(h_last)[:, 0]
-        z = self._with_composition(z, None if self.proto is None else self.proto(x, mask))
+        if self.proto is not None and composition is None:
+            composition = self.proto(x, mask)
+        z = self._with_composition(z, composition)
         if not with_mass:
             return z
         return z, last.mab_cells.attn.weights(h, induced).mean(dim=2)
@@ -106,16 +115,23 @@ class SetEncoder(nn.Module):
         return _Trace(h, induced, log_norm, out)
 
     def streamed(
-        self, x: Tensor, chunk_size: int, *, with_mass: bool = False
+        self,
+        x: Tensor,
+        chunk_size: int,
+        *,
+        with_mass: bool = False,
+        composition: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Encode one set ``(1, n, d)`` of any size in cell chunks; same result as ``forward``.
 
         Returns ``z`` ``(1, D)``, and with ``with_mass`` the mass ``(1, heads, m)`` too.
+        ``composition`` as in :meth:`forward`.
         """
         trace = self._trace(x, chunk_size)
         z = self.pool.streamed(trace.h_last, chunk_size)[0][:, 0]
-        comp = None if self.proto is None else self.proto.streamed(x, chunk_size)
-        z = self._with_composition(z, comp)
+        if self.proto is not None and composition is None:
+            composition = self.proto.streamed(x, chunk_size)
+        z = self._with_composition(z, composition)
         if not with_mass:
             return z
         attn = self.isabs[-1].mab_cells.attn

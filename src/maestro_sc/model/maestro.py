@@ -187,11 +187,11 @@ class Maestro(nn.Module):
         cells = self._cells(x)
         mass = self.config.readout == "pma+mass"
         encoder, chunk = self._encoder(which), chunk_size or self.config.chunk_size
+        comp = None if encoder.proto is None else encoder.proto.streamed(cells, chunk)
         with self._autocast():
-            out = encoder.streamed(cells, chunk, with_mass=mass)
+            out = encoder.streamed(cells, chunk, with_mass=mass, composition=comp)
         z, m = out if mass else (out, None)
-        comp = encoder.proto.streamed(cells, chunk) if self.config.readout == "pma+proto" else None
-        return self._readout(z, m, comp)[0]
+        return self._readout(z, m, comp if self.config.readout == "pma+proto" else None)[0]
 
     def encode_batch(self, x: Tensor, which: str | None = None) -> Tensor:
         """Embeddings ``(B, E)`` of equally sized raw sets ``(B, n, d)`` in one forward pass.
@@ -212,10 +212,10 @@ class Maestro(nn.Module):
         grad = contextlib.nullcontext() if encoder is self.encoder else torch.no_grad()
         with grad:
             cells = self.standardize(x)
-            out = encoder(cells, with_mass=mass)
-            comp = encoder.proto(cells) if self.config.readout == "pma+proto" else None
+            comp = None if encoder.proto is None else encoder.proto(cells)
+            out = encoder(cells, with_mass=mass, composition=comp)
         z, m = out if mass else (out, None)
-        return self._readout(z, m, comp)
+        return self._readout(z, m, comp if self.config.readout == "pma+proto" else None)
 
     @torch.no_grad()
     def cell_scores(
