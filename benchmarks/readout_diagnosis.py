@@ -36,12 +36,13 @@ def _states(net, cells: np.ndarray) -> list[np.ndarray]:
 
     enc = net.teacher_encoder
     with torch.no_grad():
-        h = enc.cells(net._cells(torch.from_numpy(cells)))
+        x = net._cells(torch.from_numpy(cells))
+        h = enc.cells(x)
         out = [h[0].numpy()]
         for isab in enc.isabs:
             h = isab(h)
             out.append(h[0].numpy())
-        out.append(net._cells(torch.from_numpy(cells))[0].numpy())  # standardised markers
+        out.append(x[0].numpy())  # standardised markers
     return out
 
 
