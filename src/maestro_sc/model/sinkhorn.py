@@ -16,10 +16,13 @@ from torch import Tensor
 
 
 def squared_distances(x: Tensor, y: Tensor) -> Tensor:
-    """Pairwise ``||x_i - y_j||^2`` for batches ``(B, n, d)`` and ``(B, k, d)``, clamped at 0."""
+    """Pairwise ``||x_i - y_j||^2`` for batches ``(B, n, d)`` and ``(B, k, d)``, clamped at 0.
+
+    One fused ``baddbmm`` and an in-place clamp: two passes over the ``(B, n, k)`` result.
+    """
     xx = (x * x).sum(-1, keepdim=True)
     yy = (y * y).sum(-1).unsqueeze(-2)
-    return (xx + yy - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
+    return torch.baddbmm(xx + yy, x, y.transpose(-1, -2), alpha=-2).clamp_min_(0)
 
 
 #: Plain Sinkhorn iterations before the over-relaxation factor is estimated from their rate.
@@ -90,8 +93,9 @@ def sinkhorn_plan(
     a, b = 1.0 / n, 1.0 / k
     # c-transform-like start: every row and column of the kernel has its largest entry at 1
     f = scaled.amin(dim=2)
-    g = (scaled - f.unsqueeze(2)).amin(dim=1)
-    kernel = torch.exp(f.unsqueeze(2) + g.unsqueeze(1) - scaled)
+    shifted = scaled - f.unsqueeze(2)
+    g = shifted.amin(dim=1)
+    kernel = shifted.sub_(g.unsqueeze(1)).neg_().exp_()  # exp(f + g - C / eps), in place
     u, v = torch.ones_like(f), torch.ones_like(g)
     omega, errors = 1.0, []
     n_iter = 0
@@ -116,19 +120,29 @@ def sinkhorn_plan(
     # a last plain column update makes the column marginals exact (total mass 1)
     v = 1.0 / (a * (u.unsqueeze(1) @ kernel).squeeze(1)).clamp_min(1e-30)
     plan = kernel.mul_(u.unsqueeze(2) * (a * b)).mul_(v.unsqueeze(1))
-    if omega != 1.0 and not torch.isfinite(plan).all():
+    # entries lie in [0, 1] when finite, so one sum tells whether any is not
+    if omega != 1.0 and not bool(torch.isfinite(plan.sum())):
         return sinkhorn_plan(cost, epsilon, max_iter, tol, overrelax=False, absorb_at=absorb_at)
     return plan, f + u.log(), g + v.log(), n_iter
 
 
 def entropic_ot(
-    x: Tensor, y: Tensor, epsilon: Tensor, max_iter: int, tol: float, overrelax: bool = True
+    x: Tensor,
+    y: Tensor,
+    epsilon: Tensor,
+    max_iter: int,
+    tol: float,
+    overrelax: bool = True,
+    cost: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """Entropic OT objective ``<P, C> + eps KL(P || a b^T)`` per pair, envelope gradient.
 
-    ``epsilon`` ``(B,)`` is absolute. Returns the values ``(B,)`` and the iteration count.
+    ``epsilon`` ``(B,)`` is absolute. ``cost`` is ``squared_distances(x, y)`` when the caller
+    has it already (computed here otherwise). Returns the values ``(B,)`` and the iteration
+    count.
     """
-    cost = squared_distances(x.detach(), y.detach())
+    if cost is None:
+        cost = squared_distances(x.detach(), y.detach())
     plan, f, g, n_iter = sinkhorn_plan(cost, epsilon, max_iter, tol, overrelax)
     del cost
     rows, cols = plan.sum(dim=2), plan.sum(dim=1)
@@ -191,11 +205,13 @@ def sinkhorn_cost(
     with torch.autocast(x.device.type, enabled=False):
         x = x if x.dtype == torch.float64 else x.float()
         y = y.to(x.dtype)
+        cost = squared_distances(x.detach(), y.detach())  # one distance matrix, used twice
         if epsilon is None:
-            eps = epsilon_rel * squared_distances(x.detach(), y.detach()).mean(dim=(1, 2))
+            eps = epsilon_rel * cost.mean(dim=(1, 2))
         else:
             eps = torch.as_tensor(epsilon, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        value, n_iter = entropic_ot(x, y, eps, max_iter, tol, overrelax)
+        value, n_iter = entropic_ot(x, y, eps, max_iter, tol, overrelax, cost=cost)
+        del cost
         if debiased:
             value_xx, iter_xx = entropic_ot(x, x, eps, max_iter, tol, overrelax)
             value_yy, iter_yy = entropic_ot(y, y, eps, max_iter, tol, overrelax)
