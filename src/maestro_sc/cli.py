@@ -57,6 +57,10 @@ def _read(path: str, backed: bool):
 def _pretrain(args: argparse.Namespace) -> int:
     import maestro_sc as mst
 
+    output = Path(args.output)
+    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
+        # checked before training, not after it
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite.")
     adata = _read(args.input, args.backed)
     overrides = {"max_epochs": args.max_epochs} if args.max_epochs is not None else {}
     model = mst.tl.pretrain(
@@ -65,9 +69,10 @@ def _pretrain(args: argparse.Namespace) -> int:
         preset=args.preset,
         layer=args.layer,
         random_state=args.seed,
+        sigterm_dir=output,  # a SIGTERM saves the model trained so far where it was asked for
         **overrides,
     )
-    path = model.save(args.output, overwrite=args.overwrite)
+    path = model.save(output, overwrite=args.overwrite)
     print(f"Saved the model to {path}/.")
     return 0
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -109,6 +111,7 @@ def pretrain(
     random_state: int = 0,
     checkpoint_dir: str | Path | None = None,
     resume: str | Path | None = None,
+    sigterm_dir: str | Path | None = None,
     num_workers: int = 0,
     strict: bool = False,
     progress: bool = True,
@@ -150,6 +153,10 @@ def pretrain(
         Folder for Lightning checkpoints (``last.ckpt`` after each epoch).
     resume
         A checkpoint path to continue training from.
+    sigterm_dir
+        Folder the model is saved to if a SIGTERM stops training (see Notes). Default:
+        ``checkpoint_dir/interrupted`` with ``checkpoint_dir``, else
+        ``maestro_interrupted_<pid>`` in the current working directory.
     num_workers
         DataLoader worker processes reading cells.
     strict
@@ -162,6 +169,25 @@ def pretrain(
     Returns
     -------
     The trained :class:`~maestro_sc.tl.MaestroModel`.
+
+    Notes
+    -----
+    **Ctrl+C (SIGINT)** stops training after the current step and returns the model as it is
+    after the last completed step, with a warning and ``summary["interrupted"] = True``.
+
+    **SIGTERM** (``kill``, ``timeout``, a job scheduler) means the process is asked to end, so
+    ``pretrain`` does not return. Training stops after the current step; the model as it is
+    after the last completed step is saved with :meth:`MaestroModel.save
+    <maestro_sc.tl.MaestroModel.save>` to ``sigterm_dir`` (default
+    ``checkpoint_dir/interrupted``, or ``maestro_interrupted_<pid>`` in the current working
+    directory without ``checkpoint_dir``); with ``checkpoint_dir`` and a single process, a
+    Lightning checkpoint ``checkpoint_dir/interrupted.ckpt`` is written too, for ``resume=``.
+    A message on stderr names both, and the process then ends as killed by SIGTERM: exit
+    status 143 in a shell (``-15`` from :mod:`subprocess`), so scripts and schedulers see that
+    the run did not finish. Code after ``pretrain`` does not run. If the process had its own
+    SIGTERM handler before ``pretrain``, that handler has been called and ``pretrain`` raises
+    ``SystemExit(143)`` instead. Load the saved model with :meth:`MaestroModel.load
+    <maestro_sc.tl.MaestroModel.load>`.
 
     Examples
     --------
@@ -184,6 +210,8 @@ def pretrain(
     check_count(batch_size, "batch_size", none=True)
     check_count(num_workers, "num_workers", minimum=0)
     check_random_state(random_state)
+    if sigterm_dir is not None and not isinstance(sigterm_dir, (str, os.PathLike)):
+        raise TypeError(f"`sigterm_dir` must be a folder path, got {type(sigterm_dir).__name__}.")
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
     if batch_size is not None:
@@ -242,6 +270,7 @@ def pretrain(
         config.max_epochs,
         steps_per_epoch,
     )
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     start = time.perf_counter()
     with _quiet_lightning():
         trainer = pl.Trainer(
@@ -262,7 +291,8 @@ def pretrain(
         )
         if total_steps > 0:
             _fit_interruptible(trainer, plan, loader, resume)
-    if trainer.interrupted:
+    sigterm = bool(trainer.received_sigterm)
+    if trainer.interrupted and not sigterm:
         warnings.warn(
             "Training was interrupted; the model holds the last completed step.",
             UserWarning,
@@ -286,7 +316,54 @@ def pretrain(
     }
     if len(history):
         summary["final_loss"] = float(history["loss"].iloc[-1])
-    return MaestroModel(net.cpu(), index.markers, history=history, summary=summary)
+    model = MaestroModel(net.cpu(), index.markers, history=history, summary=summary)
+    if sigterm:
+        _save_and_terminate(model, trainer, checkpoint_dir, sigterm_dir, sigterm_handler)
+    return model
+
+
+def _save_and_terminate(model, trainer, checkpoint_dir, sigterm_dir, previous_handler) -> None:
+    """After a SIGTERM stopped training: save the model (and a checkpoint), then end the
+    process as killed by SIGTERM (exit status 143).
+
+    Lightning's signal handler only sets ``trainer.received_sigterm`` and stops the loop after
+    the current step; left alone, ``pretrain`` would return and the program go on as if
+    training had finished.
+    """
+    if sigterm_dir is None:
+        sigterm_dir = (
+            Path(checkpoint_dir) / "interrupted"
+            if checkpoint_dir is not None
+            else Path.cwd() / f"maestro_interrupted_{os.getpid()}"
+        )
+    saved = []
+    if trainer.is_global_zero:
+        try:
+            path = model.save(sigterm_dir, overwrite=True).resolve()
+            saved.append(f"the model (MaestroModel.load) in {path}")
+        except Exception as err:  # the process ends either way; say what was lost
+            saved.append(f"NOT the model: saving it to {sigterm_dir} failed ({err!r})")
+    if checkpoint_dir is not None and trainer.world_size == 1:
+        ckpt = (Path(checkpoint_dir) / "interrupted.ckpt").resolve()
+        try:
+            trainer.save_checkpoint(ckpt, weights_only=False)
+            saved.append(f"a checkpoint (resume=) in {ckpt}")
+        except Exception as err:
+            saved.append(f"NOT the checkpoint: saving {ckpt} failed ({err!r})")
+    if saved:
+        steps = model.summary.get("steps", 0)
+        print(
+            f"maestro_sc: training received SIGTERM and stopped after step {steps}; saved "
+            + " and ".join(saved)
+            + ". Exiting with status 143.",
+            file=sys.stderr,
+            flush=True,
+        )
+    sys.stdout.flush()
+    if previous_handler == signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def _fit_interruptible(trainer, plan, loader, resume) -> None:
@@ -294,6 +371,9 @@ def _fit_interruptible(trainer, plan, loader, resume) -> None:
 
     Lightning answers a KeyboardInterrupt with ``sys.exit(1)`` and leaves SIGINT ignored; in a
     notebook that would lose the model and disable the next Ctrl+C, so both are undone here.
+    A SIGTERM also ends ``fit`` with a ``SystemExit`` (Lightning's ``SIGTERMException``) after
+    the current step; it is swallowed here too, and ``pretrain`` then saves and exits
+    (``trainer.received_sigterm``).
     """
     handler = signal.getsignal(signal.SIGINT)
     try:
