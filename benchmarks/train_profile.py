@@ -71,7 +71,7 @@ def label_parts(net: Maestro) -> None:
     net.encoder.forward = labelled(net.encoder.forward, "student encoder")
     net.decoder.forward = labelled(net.decoder.forward, "decoder")
     net.head.forward = labelled(net.head.forward, "distillation (head + loss)")
-    net._teacher_logits = labelled(net._teacher_logits, "teacher (encoder + head)")
+    net._teacher_forward = labelled(net._teacher_forward, "teacher (encoder + head)")
     for name, label in (
         ("sinkhorn_cost", "sinkhorn"),
         ("multi_rate_masks", "masking"),

@@ -87,6 +87,24 @@ def test_kmeans_proportions_and_reproducible(cells):
         mst.tl.baseline_kmeans(cells, "sample", n_clusters=8, n_fit_cells=4)
 
 
+def test_kmeans_log_ratio_is_clr_of_standardised_clusters(cells):
+    # One marker on a 1000x larger scale: raw k-means splits on it alone, standardised does not.
+    scaled = cells.copy()
+    scaled.X = scaled.X * np.array([1000, 1, 1, 1], dtype=np.float32)
+    clr = mst.tl.baseline_kmeans(scaled, "sample", n_clusters=3, log_ratio=True, random_state=1)
+    rep = clr.obsm["X_kmeans_clr3"]
+    assert rep.shape == (7, 3)
+    np.testing.assert_allclose(rep.sum(axis=1), 0.0, atol=1e-5)
+    # back to proportions: exp(clr) is proportional to p + 1/(4k)
+    p = np.exp(rep) / np.exp(rep).sum(axis=1, keepdims=True)
+    props = p * (1 + 3 / 12) - 1 / 12
+    gated = mst.tl.baseline_gated(cells, "sample", "cell_type").obsm["X_gated"]
+    assert np.sort(props, axis=1) == pytest.approx(np.sort(gated, axis=1), abs=1e-5)
+    sdata = mst.tl.aggregate_samples(cells, "sample")
+    mst.tl.add_baselines(sdata, cells, "sample", ["kmeans_clr3"], random_state=1)
+    np.testing.assert_allclose(sdata.obsm["X_kmeans_clr3"], rep)
+
+
 def test_flowsom_proportions(cells):
     pytest.importorskip("flowsom")
     state = np.random.get_state()  # noqa: NPY002

@@ -76,6 +76,13 @@ class MaestroConfig:
         equal (paper: 0.999).
     w_rec, w_sd
         Weights of the reconstruction and the distillation loss.
+    w_con, con_temp
+        Weight and temperature of the sample-contrastive loss (not in the paper; 0 = off): each
+        student view's embedding must pick out the teacher embedding of its own sample among
+        those of the batch (InfoNCE on standardised, L2-normalised embeddings, gradient also into
+        the prototypes through the composition).
+    proto_lr_scale
+        Learning rate of the prototypes and their temperature, relative to ``lr``.
     view_shift, view_scale
         Augmentation of the student views: a random per-marker offset (std ``view_shift``) and
         log-gain (std ``view_scale``), in standardised units, drawn per view; 0 = off (paper).
@@ -143,6 +150,9 @@ class MaestroConfig:
     ema_final: float = 1.0
     w_rec: float = 1.0
     w_sd: float = 1.0
+    w_con: float = 0.0
+    con_temp: float = 0.1
+    proto_lr_scale: float = 1.0
     view_shift: float = 0.0
     view_scale: float = 0.0
     teacher_max_cells: int | None = None
@@ -205,6 +215,8 @@ class MaestroConfig:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
         if not 0.0 <= self.ema_momentum <= 1.0 or not 0.0 <= self.ema_final <= 1.0:
             raise ValueError("ema_momentum and ema_final must lie in [0, 1].")
+        if self.w_con < 0 or self.con_temp <= 0 or self.proto_lr_scale < 0:
+            raise ValueError("w_con and proto_lr_scale must be >= 0, con_temp > 0.")
         if self.ot_epsilon <= 0:
             raise ValueError(f"ot_epsilon must be > 0, got {self.ot_epsilon}.")
 

@@ -127,3 +127,47 @@ def ema_momentum_at(step: int, total_steps: int, base: float, final: float) -> f
 def entropy(p: Tensor) -> Tensor:
     """Mean Shannon entropy (nats) of the rows of a probability matrix."""
     return -(p * p.clamp_min(1e-12).log()).sum(dim=-1).mean()
+
+
+def contrastive_loss(
+    student_emb: Tensor, teacher_emb: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Sample-contrastive InfoNCE of student views against the batch's teacher embeddings.
+
+    Both sides are standardised with the teacher embeddings' batch mean and standard deviation
+    (no gradient), then L2-normalised, so every embedding dimension counts as it does for a
+    linear probe on standardised features. Each view's positive is its own sample's teacher
+    embedding; the batch's other samples are the negatives.
+
+    Parameters
+    ----------
+    student_emb
+        ``(B, V, E)``: the embeddings of ``V`` views of each of ``B`` samples.
+    teacher_emb
+        ``(B, E)``: the teacher embeddings of the full samples (no gradient).
+    temperature
+        Softmax temperature of the cosine similarities.
+
+    Returns
+    -------
+    The mean cross-entropy (scalar) and the fraction of views whose nearest teacher embedding
+    is their own sample's (no gradient).
+
+    Examples
+    --------
+    >>> import torch
+    >>> t = torch.randn(4, 10)
+    >>> loss, acc = contrastive_loss(t.unsqueeze(1).repeat(1, 2, 1), t, 0.1)
+    >>> float(acc)
+    1.0
+    """
+    b, v, _ = student_emb.shape
+    with torch.no_grad():
+        mean = teacher_emb.mean(dim=0)
+        std = teacher_emb.std(dim=0).clamp_min(1e-3) if b > 1 else torch.ones_like(mean)
+        keys = F.normalize((teacher_emb - mean) / std, dim=-1)
+    queries = F.normalize((student_emb.reshape(b * v, -1) - mean) / std, dim=-1)
+    logits = queries @ keys.T / temperature
+    target = torch.arange(b, device=logits.device).repeat_interleave(v)
+    acc = (logits.detach().argmax(dim=1) == target).float().mean()
+    return F.cross_entropy(logits, target), acc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,7 @@ from .config import MaestroConfig
 from .decoder import build_decoder
 from .distill import (
     ProjectionHead,
+    contrastive_loss,
     distillation_loss,
     ema_momentum_at,
     ema_update,
@@ -310,9 +312,10 @@ class Maestro(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
 
-    def _teacher_logits(
+    def _teacher_forward(
         self, teacher_sets: Sequence[Tensor], generator: torch.Generator | None
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher logits ``(B, K)`` and teacher embeddings ``(B, E)`` of the full sets."""
         cap = self.config.teacher_max_cells
         sets = []
         for cells in teacher_sets:
@@ -320,12 +323,24 @@ class Maestro(nn.Module):
                 keep = rand((cells.shape[0],), generator, cells.device).argsort()[:cap]
                 cells = cells[keep]
             sets.append(self._cells(cells))
-        chunk = self.config.chunk_size
+        chunk, enc = self.config.chunk_size, self.teacher_encoder
         if len({s.shape[1] for s in sets}) == 1 and sets[0].shape[1] <= chunk:
-            z = self.teacher_encoder(torch.cat(sets))
+            batch = torch.cat(sets)
+            comp = None if enc.proto is None else enc.proto(batch)
+            z = enc(batch, composition=comp)
         else:
-            z = torch.cat([self.teacher_encoder.streamed(s, chunk) for s in sets])
-        return self.teacher_head(z)
+            comp = (
+                None
+                if enc.proto is None
+                else torch.cat([enc.proto.streamed(s, chunk) for s in sets])
+            )
+            z = torch.cat(
+                [
+                    enc.streamed(s, chunk, composition=None if comp is None else comp[i : i + 1])
+                    for i, s in enumerate(sets)
+                ]
+            )
+        return self.teacher_head(z), self._readout(z, None, comp)
 
     def training_loss(
         self,
@@ -381,7 +396,8 @@ class Maestro(nn.Module):
         cells = self.standardize(student_sets)
         masks = multi_rate_masks(cells, cfg.mask_rates, cfg.mask_mode, generator)
         views = self._jitter(cells.repeat_interleave(n_views, dim=0), generator)
-        z = self.encoder(views, masks)
+        comp = None if self.encoder.proto is None else self.encoder.proto(views, masks)
+        z = self.encoder(views, masks, composition=comp)
         recon = self.decoder(z, masks, generator, mask_token=self.encoder.mask_token)
         rec, ot_iters = sinkhorn_cost(
             recon,
@@ -394,7 +410,8 @@ class Maestro(nn.Module):
         )
         student_logits = self.head(z).view(student_sets.shape[0], n_views, -1)
         with torch.no_grad():
-            teacher_logits = self._teacher_logits(teacher_sets, generator).float()
+            teacher_logits, teacher_emb = self._teacher_forward(teacher_sets, generator)
+            teacher_logits = teacher_logits.float()
             teacher_entropy = entropy(
                 teacher_distribution(teacher_logits, self.center, cfg.teacher_temp)
             )
@@ -403,12 +420,22 @@ class Maestro(nn.Module):
         )
         update_center(self.center, teacher_logits, cfg.center_momentum)
         rec = rec.mean()
+        loss = cfg.w_rec * rec + cfg.w_sd * sd
+        out = {}
+        if cfg.w_con > 0:
+            student_emb = self._readout(z, None, comp).view(student_sets.shape[0], n_views, -1)
+            con, con_acc = contrastive_loss(student_emb, teacher_emb.float(), cfg.con_temp)
+            loss = loss + cfg.w_con * con
+            out = {"con": con.detach(), "con_acc": con_acc}
         return {
-            "loss": cfg.w_rec * rec + cfg.w_sd * sd,
+            "loss": loss,
+            **out,
             "rec": rec.detach(),
             "sd": sd.detach(),
             "z_std": z.detach().float().std(dim=0).mean(),
             "teacher_entropy": teacher_entropy,
+            "teacher_entropy_frac": teacher_entropy / math.log(cfg.head_dim),
+            "kl": sd.detach() - teacher_entropy,
             "ot_iters": torch.tensor(float(ot_iters)),
         }
 

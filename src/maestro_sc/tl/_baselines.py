@@ -25,7 +25,15 @@ from ._evaluate import celltype_proportions
 DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 #: Methods of :func:`add_baselines` when none are named (``gated`` joins with a cell-type key).
-DEFAULT_METHODS = ("means", "quantiles", "kmeans32", "kmeans128", "flowsom")
+DEFAULT_METHODS = (
+    "means",
+    "quantiles",
+    "kmeans32",
+    "kmeans128",
+    "kmeans_clr32",
+    "kmeans_clr128",
+    "flowsom",
+)
 
 _FLOWSOM_HINT = (
     "The FlowSOM baseline needs the `flowsom` package: pip install flowsom "
@@ -94,7 +102,10 @@ def _kmeans(
     n_fit_cells: int,
     random_state: int,
     batch_size: int,
+    log_ratio: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
+    """Cluster proportions; with ``log_ratio`` the clusters are fitted on standardised markers
+    and each sample is its centred log-ratio composition (pseudocount ``1 / (4 k)``)."""
     from sklearn.cluster import MiniBatchKMeans
 
     _check_fit_cells(n_fit_cells, n_clusters)
@@ -103,15 +114,23 @@ def _kmeans(
         raise ValueError(
             f"The data hold {len(fit_cells)} cells, fewer than n_clusters={n_clusters}."
         )
+    mean, std = np.zeros(fit_cells.shape[1]), np.ones(fit_cells.shape[1])
+    if log_ratio:
+        mean, std = fit_cells.mean(axis=0), fit_cells.std(axis=0)
+        std = np.where(std > 1e-8, std, 1.0)
     model = MiniBatchKMeans(
         n_clusters=n_clusters,
         batch_size=min(batch_size, len(fit_cells)),
         n_init=3,
         random_state=random_state,
     )
-    model.fit(fit_cells)
-    rep = _proportions(index, model.predict, n_clusters)
-    return rep, [f"kmeans_{k}" for k in range(n_clusters)]
+    model.fit((fit_cells - mean) / std)
+    rep = _proportions(index, lambda x: model.predict((x - mean) / std), n_clusters)
+    if not log_ratio:
+        return rep, [f"kmeans_{k}" for k in range(n_clusters)]
+    log_p = np.log(rep + 1.0 / (4 * n_clusters))
+    rep = log_p - log_p.mean(axis=1, keepdims=True)
+    return rep, [f"kmeans_clr_{k}" for k in range(n_clusters)]
 
 
 def _flowsom(
@@ -192,18 +211,19 @@ def _run(method: str, index: SampleIndex, props: Any = None, **kwargs) -> tuple:
         rep, features = _means(index)
     elif method == "quantiles":
         rep, features = _quantiles(index, kwargs.get("quantiles", DEFAULT_QUANTILES))
-    elif method == "kmeans":
+    elif method in ("kmeans", "kmeans_clr"):
         rep, features = _kmeans(
             index,
             kwargs.get("n_clusters", 32),
             kwargs.get("n_fit_cells", 100_000),
             kwargs.get("random_state", 0),
             kwargs.get("batch_size", 4096),
+            log_ratio=method == "kmeans_clr",
         )
     elif method == "flowsom":
         rep, features = _flowsom(
             index,
-            kwargs.get("n_clusters", 10),
+            kwargs.get("n_clusters", 20),
             kwargs.get("xdim", 10),
             kwargs.get("ydim", 10),
             kwargs.get("rlen", 10),
@@ -216,7 +236,7 @@ def _run(method: str, index: SampleIndex, props: Any = None, **kwargs) -> tuple:
     else:
         raise ValueError(
             f"Unknown baseline {method!r}; use 'means', 'quantiles', 'kmeans', 'kmeans<k>', "
-            "'flowsom' or 'gated'."
+            "'kmeans_clr<k>', 'flowsom' or 'gated'."
         )
     seconds = time.perf_counter() - start
     logger.info("Baseline %s: %d features in %.1f s.", method, rep.shape[1], seconds)
@@ -337,6 +357,7 @@ def baseline_kmeans(
     layer: str | None = None,
     mod: str | None = None,
     key_added: str | None = None,
+    log_ratio: bool = False,
 ) -> Any:
     """K-means cluster proportions per sample (paper F.3; the paper used k = 512 and 1024).
 
@@ -361,12 +382,18 @@ def baseline_kmeans(
     markers, layer, mod
         As in :func:`baseline_means`.
     key_added
-        Key of ``obsm`` (default ``f"X_kmeans{n_clusters}"``).
+        Key of ``obsm`` (default ``f"X_kmeans{n_clusters}"``, ``f"X_kmeans_clr{n_clusters}"``
+        with ``log_ratio``).
+    log_ratio
+        Fit the clusters on standardised markers (each marker centred and scaled to unit
+        variance over the fitted cells) and represent each sample by its centred log-ratio
+        composition ``log(p + 1/(4k)) - mean_k log(p + 1/(4k))``, the stronger form of this
+        baseline for linear probes (``"kmeans_clr<k>"`` in :func:`add_baselines`).
 
     Returns
     -------
     Sample-level AnnData with ``obsm[key_added]`` of shape ``(samples, n_clusters)``; rows sum
-    to 1.
+    to 1 (to 0 with ``log_ratio``).
 
     Examples
     --------
@@ -376,9 +403,10 @@ def baseline_kmeans(
     >>> sdata.obsm["X_kmeans16"].shape[1]
     16
     """
-    key_added = key_added or f"X_kmeans{n_clusters}"
+    method = "kmeans_clr" if log_ratio else "kmeans"
+    key_added = key_added or f"X_{method}{n_clusters}"
     return _one_baseline(
-        "kmeans",
+        method,
         adata,
         sample_key,
         key_added,
@@ -395,7 +423,7 @@ def baseline_kmeans(
 def baseline_flowsom(
     adata: Any,
     sample_key: str,
-    n_clusters: int = 10,
+    n_clusters: int = 20,
     *,
     xdim: int = 10,
     ydim: int = 10,
@@ -525,15 +553,15 @@ def _parse_method(name: str) -> tuple[str, dict]:
     """``"kmeans128"`` → ``("kmeans", {"n_clusters": 128})``; other names pass through."""
     if not isinstance(name, str):
         raise TypeError(f"Baseline methods are names (str), got {type(name).__name__}.")
-    match = re.fullmatch(r"(kmeans|flowsom)(\d+)", name)
+    match = re.fullmatch(r"(kmeans_clr|kmeans|flowsom)(\d+)", name)
     if match:
         return match.group(1), {"n_clusters": int(match.group(2))}
     return name, {}
 
 
 def _default_key(name: str, method: str, kwargs: dict) -> str:
-    if method == "kmeans":
-        return f"X_kmeans{kwargs.get('n_clusters', 32)}"
+    if method in ("kmeans", "kmeans_clr"):
+        return f"X_{method}{kwargs.get('n_clusters', 32)}"
     return f"X_{name}"
 
 
@@ -613,10 +641,10 @@ def add_baselines(
     plan = []
     for name in methods:
         method, kwargs = _parse_method(name)
-        if method not in ("means", "quantiles", "kmeans", "flowsom", "gated"):
+        if method not in ("means", "quantiles", "kmeans", "kmeans_clr", "flowsom", "gated"):
             raise ValueError(
                 f"Unknown baseline {name!r}; use 'means', 'quantiles', 'kmeans', 'kmeans<k>', "
-                "'flowsom' or 'gated'."
+                "'kmeans_clr<k>', 'flowsom' or 'gated'."
             )
         if method == "gated":
             if cell_type_key is None:
@@ -624,7 +652,7 @@ def add_baselines(
                     "The 'gated' baseline needs `cell_type_key=` (a column of cell types)."
                 )
             kwargs["cell_type_key"] = cell_type_key
-        if method in ("kmeans", "flowsom"):
+        if method in ("kmeans", "kmeans_clr", "flowsom"):
             kwargs.setdefault("n_fit_cells", n_fit_cells)
             kwargs.setdefault("random_state", random_state)
         kwargs.update(method_kwargs.get(name, {}))

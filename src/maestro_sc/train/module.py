@@ -16,7 +16,17 @@ from ..model.distill import ema_momentum_at
 from ..model.maestro import Maestro
 
 #: Metrics of ``Maestro.training_loss`` kept in the training history.
-HISTORY_KEYS = ("loss", "rec", "sd", "z_std", "teacher_entropy")
+HISTORY_KEYS = (
+    "loss",
+    "rec",
+    "sd",
+    "kl",
+    "con",
+    "con_acc",
+    "z_std",
+    "teacher_entropy",
+    "teacher_entropy_frac",
+)
 
 
 class MaestroTrainingPlan(pl.LightningModule):
@@ -28,6 +38,9 @@ class MaestroTrainingPlan(pl.LightningModule):
         self.total_steps = max(1, int(total_steps))
         self.random_state = int(random_state)
         self.history: list[dict] = []
+        proto = net.encoder.proto
+        # prototype drift is measured from where training starts
+        self._proto_start = None if proto is None else proto.prototypes.detach().clone()
 
     def training_step(self, batch, batch_idx):
         students, teachers = batch
@@ -35,6 +48,11 @@ class MaestroTrainingPlan(pl.LightningModule):
         generator.manual_seed(self.random_state * 1_000_003 + self.global_step)
         out = self.net.training_loss(students, teachers, generator=generator)
         values = {k: float(out[k].detach()) for k in HISTORY_KEYS if k in out}
+        if self._proto_start is not None:
+            moved = self.net.encoder.proto.prototypes.detach() - self._proto_start.to(
+                students.device
+            )
+            values["proto_drift"] = float(moved.norm(dim=1).mean())
         lr = self.optimizers().param_groups[0]["lr"]
         # The progress bar shows the losses; the full record is the history table.
         shown = {k: values[k] for k in ("loss", "rec", "sd") if k in values}
@@ -54,8 +72,19 @@ class MaestroTrainingPlan(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.net.config
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        proto = self.net.encoder.proto
+        own = set() if proto is None else {id(proto.prototypes), id(proto.log_tau)}
+        params = [p for p in self.net.parameters() if p.requires_grad and id(p) not in own]
+        groups = [{"params": params}]
+        if own:
+            groups.append(
+                {
+                    "params": [proto.prototypes, proto.log_tau],
+                    "lr": cfg.lr * cfg.proto_lr_scale,
+                    "weight_decay": cfg.weight_decay,
+                }
+            )
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         floor = cfg.lr_final / cfg.lr if cfg.lr > 0 else 0.0
 
         def cosine(step: int) -> float:

@@ -1,0 +1,271 @@
+"""What training adds: arms of the learning experiment on the synthetic cohorts.
+
+Every arm is the ``cpu`` preset with a few overrides (``ARMS``), trained at the preset's default
+length on the same simulated cohorts (120 samples, ``--difficulty``, one cohort per
+``--cohorts`` seed) with the same training seeds. Each run is scored with the same probes:
+
+- diagnosis accuracy and macro AUROC (logistic regression, 5-fold CV x 3 repeats);
+- pairwise AUROC of each diagnosis against ``healthy`` (one mechanism each: abundance shift,
+  rare-population expansion, intensity shift of CD38 in CD8 T cells);
+- the same-batch nearest-neighbour rate (chance 0.5);
+- the training diagnostics at the end of training (teacher entropy as a fraction of log K,
+  distillation KL, prototype drift, contrastive accuracy).
+
+Next to them, for each cohort: the untrained control (``max_epochs=0``, same training seed)
+and the baselines (log-ratio k-means(32) and k-means(128) on standardised markers, raw
+k-means(128) proportions, FlowSOM 10x10 with 20 metaclusters, marker means)::
+
+    python benchmarks/learning.py jobs --arms control d_con --cohorts 0 1 2 > jobs.txt
+    xargs -P 2 -L 1 python benchmarks/learning.py run < jobs.txt     # two at a time
+    python benchmarks/learning.py table                              # writes learning.md
+
+Records go to ``results/learning.jsonl`` (one line per run); a run already there is skipped.
+Each process uses one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+JSONL = RESULTS / "learning.jsonl"
+TABLE = RESULTS / "learning.md"
+
+#: One arm = one cause, as overrides of the ``cpu`` preset.
+ARMS: dict[str, dict] = {
+    "control": {},
+    # (a) informative distillation: a sharper teacher
+    "a_sharp_teacher": {"teacher_temp": 0.04},
+    # (b) reconstruction only, debiased Sinkhorn divergence, smaller epsilon
+    "b_rec_only_debiased": {"w_sd": 0.0, "ot_debiased": True, "ot_epsilon": 0.01},
+    # (c) prototypes that learn: 10x their learning rate
+    "c_proto_lr10": {"proto_lr_scale": 10.0},
+    # (d) sample-level contrastive objective on the embedding
+    "d_contrastive": {"w_con": 1.0},
+    # (d) + (e) contrastive with per-view marker offsets and gains
+    "de_contrastive_jitter": {"w_con": 1.0, "view_shift": 0.15, "view_scale": 0.05},
+    # (e) the batch shortcut: per-view marker offsets and gains at a larger scale
+    "e_jitter": {"view_shift": 0.3, "view_scale": 0.1},
+}
+MECHANISMS = {
+    "monocytosis": "abundance",
+    "plasmablast_expansion": "rare",
+    "CD8_activation": "intensity",
+}
+BASELINES = ("kmeans_clr32", "kmeans_clr128", "kmeans128", "flowsom", "means")
+
+
+def _cohort(seed: int, difficulty: str, n_samples: int):
+    import maestro_sc as mst
+
+    return mst.datasets.synthetic_cohort(
+        n_samples=n_samples, difficulty=difficulty, random_state=seed
+    )
+
+
+def score(sdata, key: str) -> dict:
+    """Probe one representation of ``sdata.obsm``: accuracy, AUROC, per-mechanism AUROC."""
+    import maestro_sc as mst
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        dx = mst.tl.linear_probe(
+            sdata, "diagnosis", use_rep=key, n_repeats=3, inplace=False
+        ).set_index("metric")
+        out = {
+            "acc": round(float(dx.loc["accuracy", "mean"]), 4),
+            "auroc": round(float(dx.loc["auroc", "mean"]), 4),
+        }
+        labels = sdata.obs["diagnosis"].astype(str).to_numpy()
+        for diagnosis, mechanism in MECHANISMS.items():
+            exclude = ~np.isin(labels, ["healthy", diagnosis])
+            res = mst.tl.linear_probe(
+                sdata, "diagnosis", use_rep=key, n_repeats=3, exclude=exclude, inplace=False
+            ).set_index("metric")
+            out[f"auroc_{mechanism}"] = round(float(res.loc["auroc", "mean"]), 4)
+        nn = mst.tl.nn_contingency(sdata, "batch", use_rep=key, inplace=False)
+        out["same_batch"] = round(float(nn["agreement"]), 4)
+    return out
+
+
+def _done() -> set[tuple]:
+    if not JSONL.exists():
+        return set()
+    rows = [json.loads(line) for line in JSONL.read_text().splitlines() if line.strip()]
+    return {(r["arm"], r["difficulty"], r["cohort"], r["train_seed"]) for r in rows}
+
+
+def _append(record: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    with JSONL.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def run(arm: str, difficulty: str, cohort: int, train_seed: int, n_samples: int) -> None:
+    """Train one arm (or compute ``untrained`` / ``baselines``) and append its record."""
+    import torch
+
+    torch.set_num_threads(1)
+    import maestro_sc as mst
+
+    if (arm, difficulty, cohort, train_seed) in _done():
+        return
+    adata = _cohort(cohort, difficulty, n_samples)
+    sdata = mst.tl.aggregate_samples(adata, "sample")
+    base = {"arm": arm, "difficulty": difficulty, "cohort": cohort, "train_seed": train_seed}
+    base["n_samples"] = n_samples
+    if arm == "baselines":
+        for name in BASELINES:
+            start = time.perf_counter()
+            mst.tl.add_baselines(sdata, adata, "sample", [name], random_state=cohort)
+            key = f"X_{name}"
+            _append({**base, "arm": name, "seconds": round(time.perf_counter() - start, 1),
+                      **score(sdata, key)})  # fmt: skip
+        _append({**base, "scores": "see rows"})
+        return
+    overrides = {} if arm == "untrained" else dict(ARMS[arm])
+    if arm == "untrained":
+        overrides["max_epochs"] = 0
+    start = time.perf_counter()
+    model = mst.tl.pretrain(
+        adata, "sample", preset="cpu", random_state=train_seed, progress=False, **overrides
+    )
+    train_s = time.perf_counter() - start
+    sdata.obsm["Z"] = model.embed(adata, "sample", progress=False).to_numpy()
+    record = {**base, "overrides": overrides, "steps": model.summary["steps"],
+              "train_s": round(train_s, 1), **score(sdata, "Z")}  # fmt: skip
+    h = model.history
+    if len(h):
+        tail = h.iloc[-10:]
+        record["end"] = {
+            k: round(float(tail[k].mean()), 4)
+            for k in ("rec", "sd", "kl", "teacher_entropy_frac", "proto_drift", "con", "con_acc")
+            if k in tail
+        }
+        record["history"] = {
+            k: [round(float(v), 4) for v in h[k].to_numpy()[:: max(1, len(h) // 30)]]
+            for k in ("rec", "kl", "teacher_entropy_frac", "proto_drift", "con_acc")
+            if k in h
+        }
+    _append(record)
+
+
+def _rows() -> list[dict]:
+    if not JSONL.exists():
+        return []
+    return [json.loads(line) for line in JSONL.read_text().splitlines() if line.strip()]
+
+
+def _interval(diffs: list[float]) -> str:
+    """Mean of paired differences with a 95 % t interval."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return f"{d.mean():+.3f} (n=1)"
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+
+
+def table() -> str:
+    """Markdown tables per difficulty: mean ± s.e. over cohorts, paired differences."""
+    rows = [r for r in _rows() if "acc" in r]
+    lines = []
+    metrics = ("acc", "auroc", "auroc_abundance", "auroc_rare", "auroc_intensity", "same_batch")
+    for difficulty in sorted({r["difficulty"] for r in rows}):
+        sub = [r for r in rows if r["difficulty"] == difficulty]
+        cohorts = sorted({r["cohort"] for r in sub})
+        lines += [f"### {difficulty} cohorts (seeds {cohorts}, 120 samples)", ""]
+        lines.append(
+            "| arm | runs | steps | acc | AUROC | AUROC abundance | AUROC rare | "
+            "AUROC intensity | same-batch NN | teacher H / log K | KL | proto drift | "
+            "con acc | acc − untrained [95 % CI] | acc − best baseline [95 % CI] | "
+            "intensity AUROC − untrained [95 % CI] |"
+        )
+        lines.append("|---|---:|---:|" + "---:|" * 13)
+        arms = ["untrained", *ARMS, *BASELINES]
+        by = {(r["arm"], r["cohort"], r["train_seed"]): r for r in sub}
+
+        def best_baseline(cohort: int) -> float | None:
+            vals = [by[(b, cohort, 0)]["acc"] for b in BASELINES if (b, cohort, 0) in by]
+            return max(vals) if vals else None
+
+        for arm in arms:
+            runs = [r for r in sub if r["arm"] == arm]
+            if not runs:
+                continue
+            cells = []
+            for m in metrics:
+                v = np.array([r[m] for r in runs])
+                se = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+                cells.append(f"{v.mean():.3f} ± {se:.3f}")
+            for k in ("teacher_entropy_frac", "kl", "proto_drift", "con_acc"):
+                v = [r["end"][k] for r in runs if k in r.get("end", {})]
+                cells.append(f"{np.mean(v):.3g}" if v else "")
+            d_untr, d_base, d_int = [], [], []
+            for r in runs:
+                u = by.get(("untrained", r["cohort"], r["train_seed"]))
+                if u is not None and arm not in BASELINES:
+                    d_untr.append(r["acc"] - u["acc"])
+                    d_int.append(r["auroc_intensity"] - u["auroc_intensity"])
+                b = best_baseline(r["cohort"])
+                if b is not None and arm not in BASELINES:
+                    d_base.append(r["acc"] - b)
+            cells += [_interval(d) if d else "" for d in (d_untr, d_base, d_int)]
+            steps = runs[0].get("steps", "")
+            lines.append(f"| {arm} | {len(runs)} | {steps} | " + " | ".join(cells) + " |")
+        lines.append("")
+    text = "\n".join(lines)
+    TABLE.write_text(text + "\n")
+    return text
+
+
+def jobs(arms: list[str], cohorts: list[int], difficulty: str, seeds: list[int]) -> None:
+    """Print one ``run`` argument line per job, cheapest first (baselines, untrained)."""
+    for seed in seeds:
+        for cohort in cohorts:
+            if seed == seeds[0]:
+                print(f"baselines {difficulty} {cohort} 0")
+            print(f"untrained {difficulty} {cohort} {seed}")
+    for arm in arms:
+        for seed in seeds:
+            for cohort in cohorts:
+                print(f"{arm} {difficulty} {cohort} {seed}")
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("arm", choices=[*ARMS, "untrained", "baselines"])
+    p_run.add_argument("difficulty", choices=["easy", "hard"])
+    p_run.add_argument("cohort", type=int)
+    p_run.add_argument("train_seed", type=int)
+    p_run.add_argument("--n-samples", type=int, default=120)
+    p_jobs = sub.add_parser("jobs")
+    p_jobs.add_argument("--arms", nargs="+", default=list(ARMS))
+    p_jobs.add_argument("--cohorts", type=int, nargs="+", default=[0, 1, 2])
+    p_jobs.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p_jobs.add_argument("--difficulty", default="easy")
+    sub.add_parser("table")
+    args = parser.parse_args()
+    if args.cmd == "run":
+        run(args.arm, args.difficulty, args.cohort, args.train_seed, args.n_samples)
+    elif args.cmd == "jobs":
+        jobs(args.arms, args.cohorts, args.difficulty, args.seeds)
+    else:
+        print(table())
+    sys.exit(0)
