@@ -198,7 +198,7 @@ def table() -> str:
         arms = ["untrained", *ARMS, *BASELINES]
         by = {(r["arm"], r["cohort"], r["train_seed"]): r for r in sub}
 
-        def best_baseline(cohort: int) -> float | None:
+        def best_baseline(cohort: int, by=by) -> float | None:
             vals = [by[(b, cohort, 0)]["acc"] for b in BASELINES if (b, cohort, 0) in by]
             return max(vals) if vals else None
 
