@@ -1,4 +1,4 @@
-"""The sample index: the one way model code reads cells (SPEC §2, "Sample index").
+"""The sample index: the one way model code reads cells.
 
 Built once per call from an AnnData of cells and a sample column. It holds, CSR-like, the row
 positions of each sample's cells (sorted, so a backed file is read in order) and reads one

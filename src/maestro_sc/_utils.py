@@ -1,7 +1,7 @@
 """Input checks shared by every public function.
 
 Each check raises a ``ValueError``/``KeyError``/``TypeError`` that names the problem and the fix,
-and runs before anything is computed or modified (SPEC §2, "Bad input").
+and runs before anything is computed or modified.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger("maestro_sc")
 
-#: A sample with fewer cells than this is skipped by training (SPEC §2, "Small samples").
+#: A sample with fewer cells than this is skipped by training.
 DEFAULT_MIN_CELLS = 20
 
 

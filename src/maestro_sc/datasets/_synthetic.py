@@ -1,4 +1,4 @@
-"""A simulated mass-cytometry cohort with known ground truth (issue 3, item 6)."""
+"""A simulated mass-cytometry cohort with known ground truth."""
 
 from __future__ import annotations
 

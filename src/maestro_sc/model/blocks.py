@@ -3,7 +3,7 @@
 Every block takes batched sets ``(B, n, D)``. Blocks whose queries are few and whose keys are all
 cells (``MAB(I, X)`` inside ISAB, and PMA) also have a *streamed* form that visits the keys in
 chunks and merges the softmax with a running log-sum-exp, so a set of 10^6 cells never needs an
-``n x m`` score matrix at once (SPEC §3, "Streamed encoding").
+``n x m`` score matrix at once.
 """
 
 from __future__ import annotations

@@ -256,8 +256,9 @@ def _check_keys(d: dict[str, Any]) -> None:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Paper appendix F.2. Head size, weight decay and clipping are not in the paper: the
-    # authors' code's values (SPEC §7). epsilon 0.02 x mean cost ~ the paper's Algorithm 2
-    # kernel exp(-D) for 30 standardised markers (mean squared distance ~ 60).
+    # authors' public code's values. Every difference from the paper (plan mass, epsilon,
+    # masking on standardised cells, ...) is listed in docs/model.md, "The paper preset vs
+    # the paper".
     "paper": dict(
         latent_dim=1024,
         ff_dim=2048,

@@ -3,7 +3,7 @@
 - :class:`PaperDecoder` (``decoder="paper"``): ``z`` copied to every unmasked position and the
   mask token to every masked one, ``PMA_{n_sub}`` with ``n_sub`` learned seeds (the seeds break
   the symmetry between output cells), ``SAB x 3``, ``Linear(D -> d)``. Always ``n_sub`` outputs.
-- :class:`QueryDecoder` (``decoder="queries"``, default, SPEC §3): one query per output cell drawn
+- :class:`QueryDecoder` (``decoder="queries"``, default): one query per output cell drawn
   from a learned diagonal Gaussian in ``R^D`` plus a learned "was masked" embedding, ``MAB``
   cross-attention to ``z``, ``SAB x 3`` (or ISAB), ``Linear(D -> d)``. Any output size; random
   queries cannot collapse to identical rows.
@@ -34,7 +34,7 @@ def _set_blocks(
 
 
 class QueryDecoder(nn.Module):
-    """Decoder with learned-Gaussian queries (SPEC §3 deviation from paper eq. 9).
+    """Decoder with learned-Gaussian queries (a deviation from paper eq. 9, see docs/model.md).
 
     ``q_i = mu + sigma * e_i + u[mask_i]``, ``e_i ~ N(0, I)``; output
     ``Linear(SAB^3(MAB(q, z)))``.

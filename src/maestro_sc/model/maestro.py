@@ -87,7 +87,7 @@ class Maestro(nn.Module):
     # -- scaling ----------------------------------------------------------------------------
 
     def set_scaler(self, mean: Tensor, std: Tensor) -> None:
-        """Store per-marker mean and std of the training cells (SPEC §2); std 0 becomes 1."""
+        """Store per-marker mean and std of the training cells; std 0 becomes 1."""
         mean, std = torch.as_tensor(mean), torch.as_tensor(std)
         d = self.config.n_markers
         if mean.shape != (d,) or std.shape != (d,):

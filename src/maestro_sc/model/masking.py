@@ -1,7 +1,7 @@
 """Non-random block masking (NRBM, paper 3.2.1 and appendix C.1), random masking, multi-rate views.
 
 NRBM orders the cells of a set by cosine similarity to a random reference cell and masks
-contiguous blocks in that order. One fix to the appendix (SPEC §3): exactly ``floor(rho * n)``
+contiguous blocks in that order. One fix to the appendix: exactly ``floor(rho * n)``
 cells are masked for every rate. The appendix's block size ``b = max(1, floor(k / (n / k)))`` is
 kept; ``max(1, k // b)`` masked blocks share the ``k`` masked cells (the remainder extends the
 first blocks by one), unmasked gaps of ``b`` cells (fewer if the unmasked cells run short)

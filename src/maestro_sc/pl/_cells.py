@@ -186,7 +186,7 @@ def _marker_summary(
 ) -> None:
     """Per-marker mean ± std of the unmasked, masked, all and reconstructed cells, side by side.
 
-    The reconstruction is matched to the whole subset (SPEC §3), so "all cells" is its target.
+    The reconstruction is matched to the whole subset, so "all cells" is its target.
     """
     x = np.arange(len(markers), dtype=float)
     parts = [

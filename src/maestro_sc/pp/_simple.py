@@ -82,7 +82,7 @@ def arcsinh(
 ) -> Any | None:
     """Transform marker values to ``arcsinh(x / cofactor)``.
 
-    Use cofactor 5 for mass cytometry and about 150 for flow cytometry (SPEC §2). Integer data
+    Use cofactor 5 for mass cytometry and about 150 for flow cytometry. Integer data
     become float32; other float dtypes are kept; sparse data stay sparse (arcsinh(0) = 0). The
     markers and cofactors used are recorded in ``uns["arcsinh"]``; transforming a marker twice
     warns.

@@ -1,4 +1,4 @@
-"""The sample-level AnnData: one row per sample (SPEC §2, "Sample-level output")."""
+"""The sample-level AnnData: one row per sample."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def match_panel(adata: Any, model_markers: Sequence[str], *, mod: str | None = N
     """The model's markers, checked against the data's ``var_names`` (used by name, any order).
 
     Extra markers in the data are ignored with a warning naming them; missing ones are an error
-    naming the missing and the extra markers (SPEC §2, "Panels").
+    naming the missing and the extra markers.
     """
     adata, _ = resolve_cells(adata, mod)
     check_var_names(adata)

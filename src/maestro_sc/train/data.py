@@ -27,7 +27,7 @@ class SampleSetDataset(Dataset):
     samples
         Positions (in ``index``) of the samples to train on.
     n_sub
-        Cells in a student set; smaller samples are oversampled with replacement (SPEC §2).
+        Cells in a student set; smaller samples are oversampled with replacement.
     teacher_max_cells
         Cells the teacher sees (``None``: every cell of the sample).
     random_state

@@ -1,7 +1,7 @@
 """The Lightning training plan around the plain-torch :class:`~maestro_sc.model.maestro.Maestro`.
 
 Lightning owns the loop, devices, precision, checkpoints and DDP; this module only says what one
-step is (SPEC §3, "Total loss"; paper Algorithm 3): the model's loss, AdamW with a cosine learning
+step is (paper Algorithm 3): the model's loss, AdamW with a cosine learning
 rate, and the EMA teacher update after each optimiser step.
 """
 
