@@ -1,14 +1,17 @@
 """FCS import: readfcs first, flowio as the fallback for files readfcs refuses (issue 7).
 
-No FCS parsing happens here: the bytes are decoded by readfcs or flowio. This module only picks
-the reader options that real, noncompliant files need, turns reader exceptions into one
-``ValueError`` naming the file and the problem, and lays the result out as an AnnData (marker
-names from ``$PnS`` or a panel, channel names in ``var['channel']``, keywords and the spillover
-matrix in ``uns``).
+HEADER and TEXT are parsed by readfcs or flowio, and so is the DATA segment, except for integer
+data that they cannot unpack (``$PnB`` other than 8/16/32 bits, or a ``$BYTEORD`` other than
+``1,2,3,4``/``4,3,2,1``/``1,2``/``2,1``): such DATA is decoded here (``_decode_int_data``). This
+module also picks the reader options that real, noncompliant files need, turns reader exceptions
+into one ``ValueError`` naming the file and the problem, and lays the result out as an AnnData
+(marker names from ``$PnS`` or a panel, channel names in ``var['channel']``, keywords and the
+spillover matrix in ``uns``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import traceback
 import warnings
@@ -39,6 +42,12 @@ _NON_MARKER = re.compile(
 )
 _PANEL_CHANNEL_COLS = ("channel", "channels", "pnn", "fcs_colname", "detector", "fcs_channel")
 _PANEL_MARKER_COLS = ("marker", "markers", "antigen", "pns", "desc", "description", "marker_name")
+# Integer layouts that flowio (and so readfcs) unpacks itself; flowio reads any other
+# $BYTEORD string in the machine's native order, and returns no events for other widths.
+_FLOWIO_INT_BITS = frozenset({"8", "16", "32"})
+_FLOWIO_BYTEORD = frozenset({"1,2,3,4", "1,2", "4,3,2,1", "2,1"})
+_MAX_INT_BITS = 64
+_INT_DECODER_OPTION = "int_decoder=maestro_sc"
 _FIX_BROKEN = "Re-export the file from the acquisition software, or leave it out."
 _FIX_READFCS = "Pass reader='auto' to fall back to flowio, which reads many such files."
 
@@ -76,6 +85,13 @@ def _read_readfcs(path: Path) -> tuple[np.ndarray, dict, str, list[str]]:
     text = {k: v for k, v in fcs.meta.items() if isinstance(v, str)}
     if fcs.spill_txt:
         text["spill"] = fcs.spill_txt
+    if _needs_int_decoder(text):
+        # readfcs takes flowio's events, which follow the machine's byte order for a $BYTEORD
+        # flowio does not know; the flowio path decodes such DATA here instead.
+        raise _FCSError(
+            f"readfcs cannot unpack its integer data ({_int_layout_summary(text)}); "
+            "it reads only 8, 16 and 32-bit values in little- or big-endian order"
+        )
     return np.asarray(adata.X), text, _fcs_version(path), []
 
 
@@ -97,11 +113,18 @@ def _read_flowio(path: Path) -> tuple[np.ndarray, dict, str, list[str]]:
                 # nextdata_offset=0 reads the first data set of a multi-data-set file, which
                 # FlowData refuses by default (readfcs also returns the first one).
                 fd = flowio.FlowData(str(path), nextdata_offset=0, **options)
-                if fd.events is None:
-                    raise _FCSError(_unsupported_int_problem(fd.text))
-                # preprocess=False: raw stored values, as readfcs returns them; it also skips a
-                # non-numeric $TIMESTEP, which only matters for rescaling the time channel.
-                events = fd.as_array(preprocess=False)
+                if _needs_int_decoder(fd.text):
+                    # flowio returns no events for these widths (and native-order ones for an
+                    # unknown $BYTEORD): decode the DATA segment here.
+                    events = _read_int_data(path, fd, options)
+                    decoded_here = True
+                elif fd.events is None:
+                    raise _FCSError("flowio returned no events for its DATA segment")
+                else:
+                    # preprocess=False: raw stored values, as readfcs returns them; it also
+                    # skips a non-numeric $TIMESTEP, which only matters for rescaling time.
+                    events = fd.as_array(preprocess=False)
+                    decoded_here = False
             break
         except (DataOffsetDiscrepancyError, FCSParsingError) as exc:
             retry = _retry_option(exc, options)
@@ -126,7 +149,8 @@ def _read_flowio(path: Path) -> tuple[np.ndarray, dict, str, list[str]]:
             "the HEADER and TEXT segments disagree on where the DATA segment starts, and the "
             "HEADER offsets overlap the TEXT segment, so neither can be trusted"
         )
-    return events, dict(fd.text), str(fd.version), [f"{k}=True" for k in options]
+    used = [f"{k}=True" for k in options] + ([_INT_DECODER_OPTION] if decoded_here else [])
+    return events, dict(fd.text), str(fd.version), used
 
 
 def _retry_option(exc: Exception, options: Mapping[str, bool]) -> str | None:
@@ -146,13 +170,175 @@ def _format_options(options: Mapping[str, bool]) -> str:
     return ", ".join(f"{k}=True" for k in options)
 
 
-def _unsupported_int_problem(text: Mapping[str, str]) -> str:
-    widths = sorted({text.get(f"p{i}b", "?") for i in range(1, int(text.get("par", 0)) + 1)})
-    return (
-        f"its integer data use $PnB={','.join(widths)} bits per value, which readfcs/flowio "
-        "cannot unpack (they support 8, 16 and 32 bits); export the file again as float data "
-        "($DATATYPE=F), e.g. from FlowJo, or convert it with another FCS tool"
+# --------------------------------------------------------------------------------------------
+# Integer DATA that flowio cannot unpack
+# --------------------------------------------------------------------------------------------
+
+
+def _needs_int_decoder(text: Mapping[str, Any]) -> bool:
+    """Whether the DATA segment is integer data in a layout flowio does not unpack right."""
+    if str(text.get("datatype", "")).strip().upper() != "I":
+        return False
+    n_par = int(str(text.get("par", "0")).strip() or 0)
+    widths = {str(_channel_keyword(text, n, "b")).strip() for n in range(1, n_par + 1)}
+    return bool(widths - _FLOWIO_INT_BITS) or str(text.get("byteord", "")) not in _FLOWIO_BYTEORD
+
+
+def _int_layout_summary(text: Mapping[str, Any]) -> str:
+    n_par = int(str(text.get("par", "0")).strip() or 0)
+    widths = sorted(
+        {str(_channel_keyword(text, n, "b")).strip() for n in range(1, n_par + 1)},
+        key=lambda w: (not w.isdigit(), int(w) if w.isdigit() else 0, w),
     )
+    return f"$PnB {'/'.join(widths)} bits, $BYTEORD {str(text.get('byteord', '')).strip()!r}"
+
+
+def _byte_significance(byteord: str, n_bytes: int) -> list[int]:
+    """Significance (0 = least) of each stored byte of an ``n_bytes``-byte integer.
+
+    ``$BYTEORD`` lists, for each stored byte, its significance counted from 1: ``1,2,3,4`` is
+    little-endian, ``4,3,2,1`` big-endian, ``3,4,1,2`` a mixed order of 4-byte words. A plain
+    little/big-endian order applies to values of any width; a mixed one only to values as wide
+    as its words.
+    """
+    if n_bytes == 1:
+        return [0]
+    try:
+        order = [int(part) for part in byteord.split(",")]
+    except ValueError:
+        order = []
+    size = len(order)
+    if not order or sorted(order) != list(range(1, size + 1)):
+        raise _FCSError(
+            f"its $BYTEORD is {byteord!r}, which is not a byte order (a permutation such as "
+            "1,2,3,4 or 4,3,2,1), so its multi-byte integers cannot be unpacked"
+        )
+    if order == sorted(order):
+        return list(range(n_bytes))
+    if order == sorted(order, reverse=True):
+        return list(range(n_bytes - 1, -1, -1))
+    if size == n_bytes:
+        return [o - 1 for o in order]
+    raise _FCSError(
+        f"its $BYTEORD {byteord} orders the bytes of {size}-byte words, which does not say "
+        f"how to order the {n_bytes} bytes of its {8 * n_bytes}-bit integers"
+    )
+
+
+def _range_mask(pnr: Any, bits: int) -> int | None:
+    """Bit mask for a channel of ``bits``-bit integers with range ``$PnR``, or ``None``.
+
+    As the FCS 3.x standard describes (and flowio does for 8/16/32 bits), bits above the range
+    are ignored: values are ANDed with ``2**k - 1``, ``2**k`` being ``$PnR`` rounded up to a
+    power of two. A range that covers all ``bits`` (or a missing/invalid ``$PnR``) masks
+    nothing.
+    """
+    try:
+        value = float(str(pnr).strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 1:
+        return None
+    top = 1 << (math.ceil(value) - 1).bit_length()
+    return top - 1 if top < (1 << bits) else None
+
+
+def _int_layout(text: Mapping[str, Any]) -> list[tuple[int, list[int], int | None]]:
+    """``(n_bytes, byte significances, mask)`` per channel of integer DATA."""
+    n_par = int(str(text["par"]).strip())
+    if n_par < 1:
+        raise _FCSError(f"its $PAR is {n_par}, so the DATA segment holds no channels")
+    byteord = str(text.get("byteord", "")).strip().replace(" ", "")
+    layout = []
+    for n in range(1, n_par + 1):
+        raw = _channel_keyword(text, n, "b")
+        try:
+            bits = int(str(raw).strip())
+        except ValueError:
+            bits = -1
+        if bits <= 0:
+            raise _FCSError(
+                f"its $P{n}B is {raw!r}, not a number of bits, so its integer values cannot be "
+                "unpacked"
+            )
+        if bits % 8:
+            raise _FCSError(
+                f"its integer data use $P{n}B={bits} bits per value, which do not fill whole "
+                f"bytes (bit-packed data); integers of 8 to {_MAX_INT_BITS} bits in whole bytes "
+                "are supported"
+            )
+        if bits > _MAX_INT_BITS:
+            raise _FCSError(
+                f"its integer data use $P{n}B={bits} bits per value; integers wider than "
+                f"{_MAX_INT_BITS} bits are not supported"
+            )
+        n_bytes = bits // 8
+        mask = _range_mask(_channel_keyword(text, n, "r"), bits)
+        layout.append((n_bytes, _byte_significance(byteord, n_bytes), mask))
+    return layout
+
+
+def _decode_int_data(raw: bytes, text: Mapping[str, Any]) -> np.ndarray:
+    """Events × channels (float64) from the bytes of an integer DATA segment.
+
+    Any byte-aligned ``$PnB`` up to 64 bits, mixed across channels, in any ``$BYTEORD``;
+    values are unsigned and masked to their ``$PnR`` range (:func:`_range_mask`). ``raw`` must
+    hold a whole number of events.
+    """
+    layout = _int_layout(text)
+    event_bytes = sum(n_bytes for n_bytes, _, _ in layout)
+    if event_bytes == 0 or len(raw) % event_bytes:
+        raise _FCSError(
+            f"the DATA segment ({len(raw)} bytes) is not a whole number of {event_bytes}-byte "
+            "events"
+        )
+    data = np.frombuffer(raw, dtype=np.uint8).reshape(-1, event_bytes)
+    out = np.empty((data.shape[0], len(layout)), dtype=np.float64)
+    start = 0
+    for j, (n_bytes, significance, mask) in enumerate(layout):
+        value = np.zeros(data.shape[0], dtype=np.uint64)
+        for pos, sig in enumerate(significance):
+            value |= data[:, start + pos].astype(np.uint64) << np.uint64(8 * sig)
+        if mask is not None:
+            value &= np.uint64(mask)
+        out[:, j] = value
+        start += n_bytes
+    return out
+
+
+def _read_int_data(path: Path, fd: Any, options: Mapping[str, bool]) -> np.ndarray:
+    """Decode the integer DATA segment of ``path`` at the offsets flowio chose (see FlowData)."""
+    from flowio.exceptions import FCSParsingError
+
+    text = fd.text
+    if str(fd.version).strip() == "2.0" or options.get("use_header_offsets"):
+        start, stop = int(fd.header["data_start"]), int(fd.header["data_stop"])
+    else:
+        start, stop = int(text["begindata"]), int(text["enddata"])
+    event_bytes = sum(n_bytes for n_bytes, _, _ in _int_layout(text))
+    size = stop - start + 1
+    if event_bytes > 1 and size % event_bytes == 1:
+        if not options.get("ignore_offset_error"):
+            # The wording flowio uses, so that _read_flowio retries with ignore_offset_error.
+            raise FCSParsingError(
+                f"FCS file {path.name} reports a data offset that is off by 1. Set "
+                "`ignore_offset_error=True` to force reading in this file."
+            )
+        size -= 1
+    if start < 0 or size < 0 or size % event_bytes:
+        raise _FCSError(
+            f"the DATA segment (bytes {start}-{stop}) is not a whole number of {event_bytes}-byte "
+            "events"
+        )
+    with path.open("rb") as fh:
+        fh.seek(start)
+        raw = fh.read(size)
+    if len(raw) != size:
+        raise _FCSError(
+            f"the DATA segment described by HEADER/TEXT (bytes {start}-{stop}) runs past the end "
+            f"of the file ({path.stat().st_size} bytes)"
+        )
+    return _decode_int_data(raw, text)
 
 
 def _describe_failure(path: Path, exc: BaseException) -> str:
@@ -496,8 +682,11 @@ def read_fcs(
     The file is decoded by `readfcs`; if readfcs refuses it (no ``$PnS`` keywords, an
     ``$ENDDATA`` off by one, HEADER/TEXT offset disagreement, a malformed TEXT segment ...),
     `flowio` reads it with the options such files need (``ignore_offset_error``,
-    ``use_header_offsets``, first data set of a multi-data-set file). Values are the raw stored
-    values (no gain, log or time-step scaling), as readfcs returns them. See ``docs/io.md``.
+    ``use_header_offsets``, first data set of a multi-data-set file). Integer DATA that neither
+    unpacks (``$PnB`` other than 8/16/32 bits, e.g. 24-bit Cytek xP3 files, or a mixed
+    ``$BYTEORD`` such as ``3,4,1,2``) is decoded by maestro_sc: any byte-aligned width from 8 to
+    64 bits, masked to the ``$PnR`` range. Values are the raw stored values (no gain, log or
+    time-step scaling), as readfcs returns them. See ``docs/io.md``.
 
     Parameters
     ----------
@@ -525,7 +714,8 @@ def read_fcs(
         ``PnR``, ``PnE``. ``obs[sample_key]``: categorical sample id. ``uns['fcs']``: the
         acquisition keywords (keys as flowio gives them: lower case without ``$``, e.g. ``tot``,
         ``date``, ``cyt``, ``btim``) plus ``file``, ``fcs_version``, ``reader`` (``readfcs`` or
-        ``flowio``) and ``reader_options``. ``uns['spillover']`` (only when the file has
+        ``flowio``) and ``reader_options`` (flowio's workaround options, and
+        ``int_decoder=maestro_sc`` when maestro_sc decoded the integer DATA). ``uns['spillover']`` (only when the file has
         ``$SPILL``/``$SPILLOVER``/``SPILL``): a DataFrame with the channel names (``$PnN``) as
         index and columns; when a channel name holds "/" (which anndata cannot write as a
         DataFrame column) it is ``{"channels": array, "matrix": array}`` instead, the layout of
@@ -535,8 +725,8 @@ def read_fcs(
     ------
     ValueError
         If the file cannot be decoded (not FCS, truncated, header only, damaged TEXT, DATA
-        larger than the file ...); the message names the file and the problem, and the reader's
-        exception is chained.
+        larger than the file, integers that are bit-packed or wider than 64 bits ...); the
+        message names the file and the problem, and the reader's exception is chained.
     FileNotFoundError
         If ``path`` does not exist.
 
