@@ -1,4 +1,4 @@
-"""FCS import: readfcs first, flowio as the fallback for files readfcs refuses (issue 7).
+"""FCS import: readfcs first, flowio as the fallback for files readfcs refuses.
 
 HEADER and TEXT are parsed by readfcs or flowio, and so is the DATA segment, except for integer
 data that they cannot unpack (``$PnB`` other than 8/16/32 bits, or a ``$BYTEORD`` other than
