@@ -154,6 +154,35 @@ def test_training_history(tmp_path):
         mst.pl.training_history(history.iloc[:0], show=False)
 
 
+def test_training_history_draws_learning_diagnostics(tmp_path):
+    steps = np.arange(40)
+    history = pd.DataFrame(
+        {
+            "step": steps,
+            "loss": 3 - 0.01 * steps,
+            "rec": 2 - 0.01 * steps,
+            "rec_floor": np.where(steps % 10 == 0, 1.2, np.nan),
+            "sd": 1.0 + 0 * steps,
+            "teacher_entropy_frac": 0.95 - 0.005 * steps,
+            "kl": 0.01 + 0.001 * steps,
+            "z_std": 0.5 + 0 * steps,
+            "proto_drift": 0.002 * steps,
+            "con_acc": 0.3 + 0.01 * steps,
+        }
+    )
+    axes = mst.pl.training_history(history, show=False, save=tmp_path / "d.png")
+    assert saved(tmp_path / "d.png")
+    labels = [line.get_label() for line in axes[0].get_lines()]
+    assert "rec floor (same sample)" in labels
+    floor = next(line for line in axes[0].get_lines() if line.get_label().startswith("rec floor"))
+    assert len(floor.get_xdata()) == 4  # only the steps where the floor was logged
+    assert axes[1].get_ylim()[1] <= 1.05  # entropy fraction on a 0-1 scale
+    legend = [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert legend == ["teacher entropy / log K", "distillation KL (nats)"]
+    legend = [t.get_text() for t in axes[2].get_legend().get_texts()]
+    assert "prototype drift (std. units)" in legend and "contrastive accuracy" in legend
+
+
 def test_cell_attribution(tmp_path):
     rng = np.random.default_rng(2)
     cells = ad.AnnData(

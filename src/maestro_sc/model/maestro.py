@@ -439,6 +439,44 @@ class Maestro(nn.Module):
             "ot_iters": torch.tensor(float(ot_iters)),
         }
 
+    @torch.no_grad()
+    def reconstruction_floor(
+        self, teacher_sets: Sequence[Tensor], generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The reconstruction loss a perfect model would still pay: the Sinkhorn loss between
+        two disjoint random subsets of ``n_sub`` cells of the same sample (same ``epsilon``).
+
+        Each sample's cells are split in two random halves and ``n_sub`` cells are drawn from
+        each (with replacement when a half is smaller). Returns the mean over samples; the
+        training loss ``rec`` can only approach it.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                               n_sub=32))
+        >>> float(model.reconstruction_floor([torch.randn(200, 3)] * 2)) > 0
+        True
+        """
+        cfg, halves = self.config, ([], [])
+        for cells in teacher_sets:
+            n = cells.shape[0]
+            order = rand((n,), generator, cells.device).argsort()
+            for half, part in zip(halves, (order[: n // 2], order[n // 2 :])):
+                part = part if len(part) else order
+                pick = (rand((cfg.n_sub,), generator, cells.device) * len(part)).long()
+                half.append(self.standardize(cells[part[pick]]))
+        value = sinkhorn_cost(
+            torch.stack(halves[0]),
+            torch.stack(halves[1]),
+            cfg.ot_epsilon,
+            cfg.ot_max_iter,
+            cfg.ot_tol,
+            cfg.ot_debiased,
+        )
+        return value.mean()
+
     def _jitter(self, views: Tensor, generator: torch.Generator | None) -> Tensor:
         """Random per-view, per-marker gain and offset of the student views (``view_shift``,
         ``view_scale``; off in the paper preset).
