@@ -41,6 +41,8 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 JSONL = RESULTS / "learning.jsonl"
 TABLE = RESULTS / "learning.md"
+#: Trained models, for re-scoring without training again (not committed).
+MODELS = RESULTS / "_models"
 
 #: One arm = one cause, as overrides of the ``cpu`` preset.
 ARMS: dict[str, dict] = {
@@ -143,9 +145,16 @@ def run(arm: str, difficulty: str, cohort: int, train_seed: int, n_samples: int)
         adata, "sample", preset="cpu", random_state=train_seed, progress=False, **overrides
     )
     train_s = time.perf_counter() - start
-    sdata.obsm["Z"] = model.embed(adata, "sample", progress=False).to_numpy()
+    model.save(MODELS / f"{arm}_{difficulty}_{cohort}_{train_seed}", overwrite=True)
+    emb = model.embed(adata, "sample", progress=False).to_numpy()
+    sdata.obsm["Z"] = emb
     record = {**base, "overrides": overrides, "steps": model.summary["steps"],
               "train_s": round(train_s, 1), **score(sdata, "Z")}  # fmt: skip
+    dim = model.config.latent_dim
+    if emb.shape[1] > dim:  # the two parts of the embedding, scored alone
+        for part, cols in (("z", slice(0, dim)), ("comp", slice(dim, None))):
+            sdata.obsm[f"Z_{part}"] = emb[:, cols]
+            record[part] = score(sdata, f"Z_{part}")
     h = model.history
     if len(h):
         tail = h.iloc[-10:]
