@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import maestro_sc as mst
-from maestro_sc.tl._evaluate import _cv_splits, fit_softmax_layer, probe_from_uns
+from maestro_sc.tl._probe import _cv_splits, probe_from_uns
+from maestro_sc.tl._retrieval import fit_softmax_layer
 
 
 def sample_adata(labels, reps: dict[str, np.ndarray], **obs_cols) -> ad.AnnData:

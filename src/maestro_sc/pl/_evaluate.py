@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..tl._evaluate import RETRIEVAL_MEAN
-from ..tl._evaluate import nn_contingency as _nn_contingency
+from ..tl._neighbors import nn_contingency as _nn_contingency
+from ..tl._retrieval import RETRIEVAL_MEAN
 from ._utils import finish, method_colors, new_axes, results_by_method
 
 _METRIC_LABELS = {

@@ -12,8 +12,10 @@ from ._baselines import (
     baseline_quantiles,
 )
 from ._embed import embed_samples, pretrain
-from ._evaluate import celltype_retrieval, linear_probe, nn_contingency
 from ._model import MaestroModel
+from ._neighbors import nn_contingency
+from ._probe import linear_probe
+from ._retrieval import celltype_retrieval
 
 __all__ = [
     "MaestroModel",

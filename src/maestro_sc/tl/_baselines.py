@@ -19,7 +19,7 @@ import numpy as np
 from .._data import SampleIndex
 from .._utils import logger, warn_overwrite
 from ._aggregate import sample_table
-from ._evaluate import celltype_proportions
+from ._prepare import celltype_proportions
 
 #: Quantiles of :func:`baseline_quantiles` (beside the mean).
 DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
