@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -9,7 +12,12 @@ import pytest
 
 import maestro_sc as mst
 from maestro_sc._data import SampleIndex
-from maestro_sc.tl._baselines import pooled_subsample
+from maestro_sc.tl._baseline_methods import (
+    BASELINES,
+    DEFAULT_METHODS,
+    plan_baseline,
+    pooled_subsample,
+)
 
 
 @pytest.fixture
@@ -171,6 +179,14 @@ def test_add_baselines_checks_before_writing(cells):
         mst.tl.add_baselines(sdata, cells, "sample", methods=["means", "tsne"])
     with pytest.raises(ValueError, match="method_kwargs"):
         mst.tl.add_baselines(sdata, cells, "sample", methods=["means"], method_kwargs={"x": {}})
+    with pytest.raises(TypeError, match=r"no parameter\(s\) \['n_clusters'\]"):
+        mst.tl.add_baselines(
+            sdata, cells, "sample", ["means"], method_kwargs={"means": {"n_clusters": 3}}
+        )
+    with pytest.raises(ValueError, match="n_clusters"):
+        mst.tl.add_baselines(sdata, cells, "sample", methods=["means", "kmeans1"])
+    with pytest.raises(KeyError, match="cell_type_key"):
+        mst.tl.add_baselines(sdata, cells, "sample", ["means", "gated"], cell_type_key="nope")
     assert len(sdata.obsm) == 0
     other = sdata.copy()
     other.obs_names = [f"{n}_x" for n in other.obs_names]
@@ -195,3 +211,34 @@ def test_pooled_subsample_sizes(cells):
     assert pooled_subsample(index, 100, 0).shape == (100, 4)
     assert pooled_subsample(index, 10**6, 0).shape == (cells.n_obs, 4)
     np.testing.assert_array_equal(pooled_subsample(index, 50, 3), pooled_subsample(index, 50, 3))
+
+
+def test_registry_names_and_defaults():
+    assert set(BASELINES) == {"means", "quantiles", "kmeans", "kmeans_clr", "flowsom", "gated"}
+    for name in DEFAULT_METHODS:
+        plan_baseline(name)
+    k = plan_baseline("kmeans_clr128")
+    assert (k.method.name, k.params["n_clusters"], k.key) == ("kmeans_clr", 128, "X_kmeans_clr128")
+    assert plan_baseline("kmeans").key == "X_kmeans32"
+    assert plan_baseline("flowsom20").key == "X_flowsom20"
+    assert plan_baseline("means", key_added="X_m").key == "X_m"
+    # The public functions take their defaults from the registry.
+    sig = inspect.signature(mst.tl.baseline_kmeans).parameters
+    assert sig["n_clusters"].default == BASELINES["kmeans"].defaults["n_clusters"]
+    sig = inspect.signature(mst.tl.baseline_flowsom).parameters
+    assert sig["n_clusters"].default == BASELINES["flowsom"].defaults["n_clusters"]
+    with pytest.raises(ValueError, match=r"Unknown baseline 'tsne'.*'kmeans_clr<k>'"):
+        plan_baseline("tsne")
+
+
+def test_flowsom_missing_package_is_one_clear_error(cells, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flowsom" else real(name, *a)
+    )
+    sdata = mst.tl.aggregate_samples(cells, "sample")
+    with pytest.raises(ImportError, match="pip install flowsom"):
+        mst.tl.add_baselines(sdata, cells, "sample", methods=["means", "flowsom"])
+    with pytest.raises(ImportError, match="pip install flowsom"):
+        mst.tl.baseline_flowsom(cells, "sample")
+    assert len(sdata.obsm) == 0

@@ -1,6 +1,5 @@
 """Tools: training, embedding, aggregation, evaluation and baselines (scanpy's ``tl``)."""
 
-from . import _baselines as baselines
 from ._aggregate import aggregate_samples
 from ._attribution import cell_attribution
 from ._baselines import (
@@ -26,7 +25,6 @@ __all__ = [
     "baseline_kmeans",
     "baseline_means",
     "baseline_quantiles",
-    "baselines",
     "cell_attribution",
     "celltype_retrieval",
     "embed_samples",
