@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -235,3 +236,177 @@ def test_ddp_two_cpu_processes(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DDP_OK" in result.stdout
+
+
+# ------------------------------------------------ keeping the model trained by embed_samples
+
+#: A few seconds of training on a small synthetic cohort.
+SMALL = dict(
+    preset="cpu",
+    max_epochs=1,
+    min_steps=2,
+    batch_size=4,
+    latent_dim=8,
+    ff_dim=16,
+    n_inducing=4,
+    n_sub=32,
+    n_prototypes=8,
+    head_dim=16,
+    head_hidden=16,
+    head_bottleneck=8,
+    random_state=0,
+)
+
+
+def small_cohort(n_samples=8, random_state=0):
+    return mst.datasets.synthetic_cohort(
+        n_samples=n_samples, cells_per_sample=(200, 400), random_state=random_state
+    )
+
+
+def test_embed_samples_returns_and_saves_the_trained_model(tmp_path):
+    adata, new = small_cohort(), small_cohort(n_samples=4, random_state=1)
+    sdata, model = mst.tl.embed_samples(
+        adata, "sample", progress=False, umap=False, return_model=True,
+        save_model=tmp_path / "model", **SMALL,
+    )  # fmt: skip
+    assert isinstance(model, MaestroModel) and model.summary["steps"] == 2
+    # The same model as pretrain with the same seed: it embeds new samples bitwise alike.
+    reference = mst.tl.pretrain(adata, "sample", progress=False, **SMALL)
+    kept = mst.tl.embed_samples(new, "sample", model=model, progress=False, umap=False)
+    again = mst.tl.embed_samples(new, "sample", model=reference, progress=False, umap=False)
+    np.testing.assert_array_equal(kept.obsm["X_maestro"], again.obsm["X_maestro"])
+    np.testing.assert_array_equal(
+        sdata.obsm["X_maestro"], reference.embed(adata, "sample", progress=False).to_numpy()
+    )
+    # The saved copy is that model too.
+    loaded = MaestroModel.load(tmp_path / "model")
+    np.testing.assert_array_equal(
+        loaded.embed(new, "sample", progress=False).to_numpy(), kept.obsm["X_maestro"]
+    )
+    assert sdata.uns["maestro"]["saved_model"] == str(tmp_path / "model")
+    # return_model with a given model returns that model.
+    out = mst.tl.embed_samples(new, "sample", model=model, progress=False, return_model=True)
+    assert out[1] is model and out[0].n_obs == 4
+
+
+def test_save_model_folder_is_checked_before_training(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training ran before save_model was checked")
+
+    monkeypatch.setattr(mst.tl._embed, "_pretrain", no_training)
+    adata = small_cohort(n_samples=4)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("not a model")
+    with pytest.raises(FileExistsError, match="not empty"):
+        mst.tl.embed_samples(adata, "sample", save_model=full, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        mst.tl.embed_samples(adata, "sample", save_model=tmp_path / "file", progress=False)
+    with pytest.raises(TypeError, match="folder path"):
+        mst.tl.embed_samples(adata, "sample", save_model=3, progress=False)
+    with pytest.raises(TypeError, match="return_model"):
+        mst.tl.embed_samples(adata, "sample", return_model="yes", progress=False)
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def test_training_arguments_with_a_model_raise_before_anything_is_done(cohort, tmp_path):
+    model = train(cohort, max_epochs=1)
+    before = cohort.copy()
+    for kwargs in [
+        {"preset": "cpu"},
+        {"markers": ["m0", "m1"]},
+        {"max_epochs": 1},
+        {"batch_size": 2},
+        {"accelerator": "cpu"},
+        {"strict": True},
+        {"checkpoint_dir": tmp_path / "ck"},
+        {"latent_dim": 8},
+        {"n_sub": 32, "min_steps": 2},
+    ]:
+        with pytest.raises(ValueError, match="only apply when embed_samples trains") as info:
+            mst.tl.embed_samples(cohort, "sample", model=model, progress=False, **kwargs)
+        for name in kwargs:
+            assert f"`{name}`" in str(info.value)
+    with pytest.raises(ValueError, match=r"model\.save"):
+        mst.tl.embed_samples(
+            cohort, "sample", model=model, save_model=tmp_path / "m", progress=False
+        )
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "m").exists()
+    np.testing.assert_array_equal(before.X, cohort.X)
+    assert before.obs.equals(cohort.obs) and before.uns.keys() == cohort.uns.keys()
+    # Arguments that also matter for embedding still work with a model, as does the model's
+    # own marker list (in any order).
+    sdata = mst.tl.embed_samples(
+        cohort, "sample", model=model, markers=list(reversed(model.markers)), which="student",
+        chunk_size=50, random_state=3, progress=False, umap=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        sdata.obsm["X_maestro"],
+        model.embed(cohort, "sample", which="student", chunk_size=50, progress=False).to_numpy(),
+    )
+
+
+# ------------------------------------------------------------- untransformed-data warning
+
+
+def raw_cohort():
+    """The synthetic cohort with arcsinh (cofactor 150) undone: flow-cytometry-like raw values."""
+    adata = small_cohort(n_samples=6)
+    adata.X = (150 * np.sinh(adata.X.astype(np.float64))).astype(np.float32)
+    return adata
+
+
+def test_untransformed_values_warn_once_naming_arcsinh(monkeypatch):
+    import maestro_sc.tl._embed as embed_module
+
+    raw = raw_cohort()
+    fast = dict(SMALL, max_epochs=0)
+    with pytest.warns(UserWarning, match=r"look untransformed.*mst\.pp\.arcsinh") as record:
+        model = mst.tl.pretrain(raw, "sample", progress=False, **fast)
+    # The warning points at the caller's line, not into the package.
+    assert {w.filename for w in record if "untransformed" in str(w.message)} == {__file__}
+    with pytest.warns(UserWarning, match=r"mst\.pp\.arcsinh"):
+        mst.tl.embed_samples(raw, "sample", model=model, progress=False, umap=False)
+
+    # Training inside embed_samples: the cells are indexed, and checked, once.
+    built = []
+    real_index = embed_module.SampleIndex
+
+    def counting_index(*args, **kwargs):
+        built.append(1)
+        return real_index(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module, "SampleIndex", counting_index)
+    with pytest.warns(UserWarning, match="untransformed") as record:
+        mst.tl.embed_samples(raw, "sample", progress=False, umap=False, **fast)
+    assert sum("untransformed" in str(w.message) for w in record) == 1
+    assert len(built) == 1
+
+
+def test_transformed_values_do_not_warn():
+    adata = small_cohort(n_samples=6)  # arcsinh-transformed
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*untransformed")
+        model = mst.tl.pretrain(adata, "sample", progress=False, **dict(SMALL, max_epochs=0))
+        mst.tl.embed_samples(adata, "sample", model=model, progress=False, umap=False)
+
+
+def test_untransformed_check_reads_a_bounded_subsample(monkeypatch):
+    from maestro_sc._data import SampleIndex
+    from maestro_sc.tl import _embed
+
+    monkeypatch.setattr(_embed, "_RAW_CHECK_CELLS", 300)
+    index = SampleIndex(raw_cohort(), "sample")
+    rows = []
+    real = index.read_rows
+
+    def counting(r):
+        rows.append(len(r))
+        return real(r)
+
+    index.read_rows = counting
+    with pytest.warns(UserWarning, match="untransformed"):
+        _embed.warn_if_untransformed(index, stacklevel=1)
+    assert len(rows) == index.n_samples and sum(rows) <= 300

@@ -27,6 +27,44 @@ from ._model import MaestroModel, check_which, h5ad_safe, match_panel
 _SCALER_CELLS = 200_000
 #: Of those, cells used to start the prototypes of prototype pooling (k-means++).
 _PROTOTYPE_CELLS = 20_000
+#: Cells (from at most ``_RAW_CHECK_SAMPLES`` samples) read to tell raw from transformed values.
+_RAW_CHECK_CELLS = 10_000
+_RAW_CHECK_SAMPLES = 20
+#: A marker whose 99th percentile is above this looks untransformed: arcsinh keeps even the
+#: largest 18-bit flow value below 12 (cofactor 5) and standardised values stay in the tens.
+_RAW_P99 = 1_000.0
+
+
+def warn_if_untransformed(index: SampleIndex, *, stacklevel: int) -> None:
+    """Warn when the cells look untransformed (a marker's 99th percentile above 1,000).
+
+    Reads a bounded, seeded subsample through the sample index (at most
+    ``_RAW_CHECK_CELLS`` cells from ``_RAW_CHECK_SAMPLES`` samples spread over the cohort), so a
+    backed file costs a few small reads.
+    """
+    n_picks = min(index.n_samples, _RAW_CHECK_SAMPLES)
+    picks = np.unique(np.linspace(0, index.n_samples - 1, n_picks).round().astype(np.int64))
+    per_sample = max(1, _RAW_CHECK_CELLS // len(picks))
+    rng = np.random.default_rng(0)  # its own generator: training's draws are not affected
+    cells = np.concatenate([index.read(int(i), n=per_sample, random_state=rng) for i in picks])
+    if len(cells) == 0:
+        return
+    p99 = np.percentile(cells, 99, axis=0)
+    high = np.flatnonzero(p99 > _RAW_P99)
+    if len(high) == 0:
+        return
+    worst = high[np.argmax(p99[high])]
+    warnings.warn(
+        f"The values look untransformed: the 99th percentile of {len(high)} of "
+        f"{index.n_markers} markers is above {_RAW_P99:,.0f} (largest: "
+        f"{index.markers[worst]}, {p99[worst]:,.0f}), while arcsinh-transformed values stay "
+        "below about 12. MAESTRO expects transformed values: run "
+        "mst.pp.arcsinh(adata, cofactor=5) (mass cytometry; 150 for flow) first, or pass "
+        "`layer=` naming a transformed layer. If the values are transformed on another scale, "
+        "ignore this warning.",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def marker_scaler(
@@ -43,7 +81,7 @@ def marker_scaler(
         warnings.warn(
             f"Markers {constant} are constant over the training cells; they carry no information.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     out = mean.astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
     return (*out, cells) if return_cells else out
@@ -60,7 +98,7 @@ def trainable_samples(index: SampleIndex, min_cells: int, strict: bool) -> list[
         )
         if strict:
             raise ValueError(msg)
-        warnings.warn(msg + " They are skipped in training.", UserWarning, stacklevel=3)
+        warnings.warn(msg + " They are skipped in training.", UserWarning, stacklevel=4)
     keep = [i for i in range(index.n_samples) if index.counts[i] >= min_cells]
     if len(keep) < 2:
         raise ValueError(
@@ -197,6 +235,59 @@ def pretrain(
     >>> model.history.shape[0] > 0
     True
     """
+    model, _ = _pretrain(
+        adata,
+        sample_key,
+        preset=preset,
+        markers=markers,
+        layer=layer,
+        mod=mod,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        random_state=random_state,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        sigterm_dir=sigterm_dir,
+        num_workers=num_workers,
+        strict=strict,
+        progress=progress,
+        **overrides,
+    )
+    return model
+
+
+def _pretrain(
+    adata: Any,
+    sample_key: str,
+    *,
+    preset: str = "auto",
+    markers: Sequence[str] | None = None,
+    layer: str | None = None,
+    mod: str | None = None,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str = "auto",
+    precision: str | None = None,
+    random_state: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    sigterm_dir: str | Path | None = None,
+    num_workers: int = 0,
+    strict: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> tuple[MaestroModel, SampleIndex]:
+    """:func:`pretrain`, returning the sample index too, so that a caller embedding the same
+    cells afterwards (:func:`embed_samples`) does not index them a second time.
+
+    Must be called directly by the public function (the warnings' ``stacklevel`` counts on it).
+    """
     import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader
@@ -219,10 +310,11 @@ def pretrain(
     config = make_config(preset, **overrides)
     if config.max_epochs < 0 or config.batch_size < 1:
         raise ValueError("`max_epochs` must be >= 0 and `batch_size` >= 1.")
+    accelerator, precision = _resolve_accelerator(accelerator, precision)
     index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
+    warn_if_untransformed(index, stacklevel=3)
     samples = trainable_samples(index, config.min_cells, strict)
     config.n_markers = index.n_markers
-    accelerator, precision = _resolve_accelerator(accelerator, precision)
 
     pl.seed_everything(random_state, workers=True, verbose=False)
     net = Maestro(config)
@@ -296,7 +388,7 @@ def pretrain(
         warnings.warn(
             "Training was interrupted; the model holds the last completed step.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     import pandas as pd
 
@@ -319,7 +411,7 @@ def pretrain(
     model = MaestroModel(net.cpu(), index.markers, history=history, summary=summary)
     if sigterm:
         _save_and_terminate(model, trainer, checkpoint_dir, sigterm_dir, sigterm_handler)
-    return model
+    return model, index
 
 
 def _save_and_terminate(model, trainer, checkpoint_dir, sigterm_dir, previous_handler) -> None:
@@ -427,23 +519,29 @@ def embed_samples(
     chunk_size: int | None = None,
     random_state: int = 0,
     progress: bool = True,
+    return_model: bool = False,
+    save_model: str | Path | None = None,
     **pretrain_kwargs: Any,
 ) -> Any:
     """Embed every sample of a cohort with MAESTRO: one vector per sample, from all its cells.
 
     Without ``model``, a model is first trained with :func:`pretrain` (``preset``, ``markers``,
-    ``random_state`` and ``pretrain_kwargs`` go to it). Each sample is then encoded on all of its
-    cells, streamed in chunks, by the teacher encoder (``which="student"`` for the student);
-    the result is deterministic. The input is not modified.
+    ``random_state`` and ``pretrain_kwargs`` go to it); keep it with ``return_model=True`` or
+    ``save_model=``. Each sample is then encoded on all of its cells, streamed in chunks, by the
+    teacher encoder (``which="student"`` for the student); the result is deterministic. The
+    input is not modified.
 
     Parameters
     ----------
     adata
-        AnnData of cells (in memory or backed), or a MuData with ``mod=``.
+        AnnData of cells (in memory or backed), or a MuData with ``mod=``. Values already
+        transformed (e.g. :func:`maestro_sc.pp.arcsinh`); values that look raw give a warning.
     sample_key
         Column of ``obs`` with the sample id of each cell.
     model
-        A trained :class:`MaestroModel` (default: train one now).
+        A trained :class:`MaestroModel`, used as is (default: train one now). With a model,
+        the training-only arguments (``preset``, ``markers``, ``save_model`` and every
+        ``pretrain_kwargs``) raise a ``ValueError``.
     preset
         Preset for training when ``model`` is None.
     markers
@@ -467,15 +565,35 @@ def embed_samples(
         Seed for training and UMAP.
     progress
         Show progress bars.
+    return_model
+        Return ``(sdata, model)``: the model trained here (or the given ``model``), to embed
+        more samples with later (``model=``, :meth:`MaestroModel.embed
+        <maestro_sc.tl.MaestroModel.embed>`) or to save.
+    save_model
+        Folder to save the trained model to, with :meth:`MaestroModel.save
+        <maestro_sc.tl.MaestroModel.save>`, right after training. It must be new or empty;
+        that is checked before training, so a long training is never lost to an existing
+        folder. A SIGTERM during training saves the model trained so far there too (see
+        :func:`pretrain`), unless ``sigterm_dir`` is given.
     **pretrain_kwargs
-        Passed to :func:`pretrain` when ``model`` is None.
+        Passed to :func:`pretrain` when ``model`` is None: its arguments (``max_epochs``,
+        ``batch_size``, ``accelerator``, ``checkpoint_dir``, ...) and any
+        :class:`~maestro_sc.model.config.MaestroConfig` field (e.g. ``latent_dim=128``).
 
     Returns
     -------
     A sample-level AnnData: one row per sample, ``X`` = per-sample marker means, the embedding
     in ``obsm[key_added]`` (with the ``cpu`` and ``gpu`` presets: the pooled ``z``, then the
     sample's composition over the model's prototypes; ``model.config.embedding_dim`` columns),
-    ``uns["maestro"]`` with the config, markers and training summary.
+    ``uns["maestro"]`` with the config, markers and training summary (and ``saved_model``, the
+    folder, with ``save_model``). With ``return_model=True``, the tuple ``(sdata, model)``.
+
+    Raises
+    ------
+    ValueError
+        ``model`` given together with a training-only argument.
+    FileExistsError
+        ``save_model`` is a file or a non-empty folder (raised before training).
 
     Examples
     --------
@@ -484,6 +602,15 @@ def embed_samples(
     >>> sdata = mst.tl.embed_samples(adata, sample_key="sample", max_epochs=1, progress=False)
     >>> sdata.obsm["X_maestro"].shape[0]
     12
+
+    Keep the trained model to embed new samples with it later:
+
+    >>> sdata, model = mst.tl.embed_samples(
+    ...     adata, "sample", max_epochs=1, progress=False, return_model=True
+    ... )
+    >>> new = mst.datasets.synthetic_cohort(n_samples=4, random_state=1)
+    >>> mst.tl.embed_samples(new, "sample", model=model, progress=False).n_obs
+    4
     """
     if model is not None and not isinstance(model, MaestroModel):
         raise TypeError(
@@ -497,14 +624,20 @@ def embed_samples(
     check_count(chunk_size, "chunk_size", none=True)
     check_random_state(random_state)
     check_which(which)
+    if not isinstance(return_model, bool):
+        raise TypeError(f"`return_model` must be True or False, got {return_model!r}.")
     if model is not None:
+        _check_no_training_arguments(model, preset, markers, save_model, pretrain_kwargs)
         use_markers = match_panel(adata, model.markers, mod=mod)
+        index = SampleIndex(adata, sample_key, markers=use_markers, layer=layer, mod=mod)
+        warn_if_untransformed(index, stacklevel=2)
     else:
-        use_markers = markers
-    index = SampleIndex(adata, sample_key, markers=use_markers, layer=layer, mod=mod)
-    if model is None:
+        save_path = None if save_model is None else _check_save_target(save_model)
+        if save_path is not None:
+            # A SIGTERM during training saves the model where it was asked for.
+            pretrain_kwargs.setdefault("sigterm_dir", save_path)
         logger.info("No model given: training one with the %r preset first.", preset)
-        model = pretrain(
+        model, index = _pretrain(
             adata,
             sample_key,
             preset=preset,
@@ -515,6 +648,9 @@ def embed_samples(
             progress=progress,
             **pretrain_kwargs,
         )
+        if save_path is not None:
+            model.save(save_path)
+            logger.info("Saved the trained model to %s.", save_path)
     z = model.embed_index(index, which=which, chunk_size=chunk_size, progress=progress)
     sdata = sample_table(index)
     warn_overwrite(sdata.obsm, key_added, "obsm")
@@ -534,12 +670,62 @@ def embed_samples(
     )
     if mod is not None:
         info["mod"] = mod
+    if save_model is not None:
+        info["saved_model"] = str(save_model)
     sdata.uns["maestro"] = h5ad_safe(info)
     if neighbors or umap:
         sample_graph(
             sdata, key_added, n_neighbors=n_neighbors, umap=umap, random_state=random_state
         )
-    return sdata
+    return (sdata, model) if return_model else sdata
+
+
+def _check_no_training_arguments(
+    model: MaestroModel,
+    preset: str,
+    markers: Sequence[str] | None,
+    save_model: Any,
+    pretrain_kwargs: dict[str, Any],
+) -> None:
+    """Raise if ``embed_samples`` got a model and an argument that only applies to training."""
+    given = []
+    if preset != "auto":
+        given.append("preset")
+    if markers is not None and (isinstance(markers, str) or set(markers) != set(model.markers)):
+        given.append("markers")
+    given += sorted(pretrain_kwargs)
+    if given:
+        names = ", ".join(f"`{name}`" for name in given)
+        raise ValueError(
+            f"{names} only apply when embed_samples trains a model; with `model=` the given "
+            f"model is used as is (its config, its {len(model.markers)} markers and its weights). "
+            "Drop them, or leave out `model=` to train a new model with them."
+        )
+    if save_model is not None:
+        raise ValueError(
+            "`save_model` saves a model trained by embed_samples; with `model=` nothing is "
+            "trained. Save the given model with model.save(path) instead."
+        )
+
+
+def _check_save_target(save_model: Any) -> Path:
+    """The folder ``save_model`` names, checked to be new or empty before any training."""
+    if not isinstance(save_model, (str, os.PathLike)):
+        raise TypeError(
+            f"`save_model` must be a folder path (str or Path), got {type(save_model).__name__}."
+        )
+    path = Path(save_model)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(
+            f"save_model={str(path)!r} is a file, but a model is saved as a folder. Pass the "
+            "path of a new or empty folder."
+        )
+    if path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(
+            f"save_model={str(path)!r} exists and is not empty; nothing was trained. Pass a new "
+            "or empty folder, or remove this one first."
+        )
+    return path
 
 
 def sample_graph(sdata: Any, use_rep: str, *, n_neighbors: int, umap: bool, random_state: int):
