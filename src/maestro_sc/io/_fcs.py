@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._spill import parse_spill
 from .._utils import logger
 
 Reader = Literal["auto", "readfcs", "flowio"]
@@ -645,23 +646,17 @@ def _spillover_for_uns(frame: pd.DataFrame) -> pd.DataFrame | dict[str, np.ndarr
 
 
 def _parse_spill(value: str, file: str) -> pd.DataFrame | None:
-    """``"n,name_1,...,name_n,v_11,v_12,...,v_nn"`` as an n × n DataFrame."""
-    parts = [p.strip() for p in value.strip().strip(",").split(",")]
+    """The keyword as an n × n DataFrame, or ``None`` with a warning when it is malformed."""
     try:
-        n = int(parts[0])
-        names = parts[1 : n + 1]
-        coefs = np.asarray(parts[n + 1 :], dtype=np.float64)
-    except ValueError:
-        n, names, coefs = -1, [], np.empty(0)
-    if n <= 0 or len(names) != n or coefs.size != n * n:
+        return parse_spill(value)
+    except ValueError as err:
         warnings.warn(
-            f"The spillover keyword of {file!r} is not a complete n x n matrix (it holds "
-            f"{max(len(parts) - 1, 0)} items after n={parts[0]!r}); no spillover is stored.",
+            f"The spillover keyword of {file!r} is not a complete n x n matrix ({err}); no "
+            "spillover is stored.",
             UserWarning,
             stacklevel=4,
         )
         return None
-    return pd.DataFrame(coefs.reshape(n, n), index=names, columns=names)
 
 
 # --------------------------------------------------------------------------------------------

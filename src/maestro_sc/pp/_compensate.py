@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._spill import parse_spill
 from .._utils import check_finite, check_numeric, check_var_names, get_matrix, logger, resolve_cells
 from ._common import dense_float, writable
 
@@ -29,19 +30,6 @@ SPILLOVER_KEYS: tuple[str, ...] = (
 )
 
 
-def _parse_fcs_spill(text: str) -> pd.DataFrame:
-    """Parse an FCS ``$SPILL`` keyword: ``n,ch_1,…,ch_n,v_11,…,v_nn`` (row-major)."""
-    parts = [p.strip() for p in text.split(",")]
-    n = int(float(parts[0]))
-    if len(parts) != 1 + n + n * n:
-        raise ValueError(
-            f"Malformed $SPILL keyword: {n} channels need {1 + n + n * n} fields, got {len(parts)}."
-        )
-    channels = parts[1 : 1 + n]
-    values = np.array(parts[1 + n :], dtype=np.float64).reshape(n, n)
-    return pd.DataFrame(values, index=channels, columns=channels)
-
-
 def as_spillover(spill: Any) -> pd.DataFrame:
     """A spillover matrix as a square DataFrame whose columns (and index) are channel names.
 
@@ -57,7 +45,7 @@ def as_spillover(spill: Any) -> pd.DataFrame:
             np.asarray(spill["matrix"], dtype=np.float64), index=channels, columns=channels
         )
     elif isinstance(spill, str):
-        df = _parse_fcs_spill(spill)
+        df = parse_spill(spill)
     else:
         raise TypeError(
             f"Cannot read a spillover matrix from a {type(spill).__name__}; pass a pandas "
