@@ -105,3 +105,11 @@ def test_docs_build_without_warnings(tmp_path):
     assert (out / "generated" / "maestro_sc.tl.embed_samples.html").is_file()
     for notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
         assert (out / "tutorials" / f"{notebook.stem}.html").is_file(), notebook.name
+
+
+def test_version_comes_from_the_package_metadata():
+    import importlib.metadata
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert mst.__version__ == importlib.metadata.version("maestro_sc") == project["version"]

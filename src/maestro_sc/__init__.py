@@ -8,9 +8,13 @@ Lightning load only when a function needs them).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+try:  # pyproject.toml holds the version; the installed package's metadata carries it
+    __version__ = importlib.metadata.version("maestro_sc")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
+    __version__ = "0+unknown"
 
 _SUBMODULES = ("io", "pp", "tl", "pl", "datasets", "model", "train")
 

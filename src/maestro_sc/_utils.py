@@ -18,9 +18,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger("maestro_sc")
 
-#: A sample with fewer cells than this is skipped by training.
-DEFAULT_MIN_CELLS = 20
-
 
 def resolve_cells(data: Any, mod: str | None = None) -> tuple[AnnData, Any]:
     """Return ``(adata, mdata)`` for an AnnData or a MuData plus ``mod``.
@@ -111,6 +108,13 @@ def check_random_state(
         raise TypeError(f"`{name}` must be {kinds}, got {value!r} ({type(value).__name__}).")
     if not 0 <= int(value) < 2**32:
         raise ValueError(f"`{name}`={value} must be a seed in [0, 2**32 - 1], e.g. 0.")
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (Python or numpy; ``bool`` is not one)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
 
 
 def check_count(value: Any, name: str, *, minimum: int = 1, none: bool = False) -> None:

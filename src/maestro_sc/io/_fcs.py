@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -863,7 +864,12 @@ def _metadata_rows(
 
 
 def _harmonise(adatas: Sequence[AnnData], files: Sequence[str], on_missing: str) -> list[str]:
-    """Marker names shared by all files, in the first file's order (raise/drop the others)."""
+    """Marker names shared by all files, in the first file's order.
+
+    A marker that some files lack raises a ``ValueError`` naming it and the files
+    (``on_missing="raise"``), or is reported in a warning (``"drop"``) and left to the inner
+    join to drop.
+    """
     present = [set(a.var_names) for a in adatas]
     all_names: list[str] = []
     for a in adatas:
@@ -986,8 +992,6 @@ def read_fcs_folder(
             spills[p.stem] = spill
     files = [p.name for p in paths]
     keep = _harmonise(adatas, files, on_missing)
-
-    var = adatas[0].var.loc[keep].copy()
     changed = {
         n: sorted({str(a.var.at[n, "channel"]) for a in adatas})
         for n in keep
@@ -1000,12 +1004,15 @@ def read_fcs_folder(
             UserWarning,
             stacklevel=2,
         )
-    X = np.vstack([a[:, keep].X for a in adatas]).astype(np.float32, copy=False)
-    counts = np.array([a.n_obs for a in adatas])
-    codes = np.repeat(np.arange(len(paths)), counts)
+    for i, one in enumerate(adatas):
+        one.obs_names = [f"{i}_{r}" for r in range(one.n_obs)]
+    # The inner join keeps the markers every file has, in the first file's order.
+    adata = ad.concat(adatas, join="inner", merge=None, uns_merge=None)
+    adata.var = adatas[0].var.loc[adata.var_names].copy()
+    codes = np.repeat(np.arange(len(paths)), [a.n_obs for a in adatas])
     obs = pd.DataFrame(
         {sample_key: pd.Categorical.from_codes(codes, categories=list(stems))},
-        index=[f"{i}_{r}" for i, n in enumerate(counts) for r in range(n)],
+        index=adata.obs_names,
     )
     if table is not None:
         for col in table.columns:
@@ -1026,7 +1033,7 @@ def read_fcs_folder(
             else:
                 obs[col] = values
 
-    adata = AnnData(X, obs=obs, var=var)
+    adata.obs = obs
     per_file = []
     for sid, a in zip(stems, adatas, strict=True):
         info = dict(a.uns["fcs"])

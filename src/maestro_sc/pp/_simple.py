@@ -13,15 +13,17 @@ from scipy import sparse
 
 from .._data import SampleIndex
 from .._utils import (
-    DEFAULT_MIN_CELLS,
+    check_count,
     check_random_state,
     check_var_names,
     get_matrix,
+    is_real,
     logger,
     marker_positions,
     resolve_cells,
     validate_cells,
 )
+from ..model.config import MaestroConfig
 from ._common import dense_float, float_dtype, set_matrix, subset_inplace, sync_mudata, writable
 
 #: Name patterns of channels that are not markers (scatter, time, event length, DNA/viability
@@ -32,10 +34,9 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
+#: The training default (:attr:`MaestroConfig.min_cells <maestro_sc.model.config.MaestroConfig>`):
+#: a sample with fewer cells is skipped by training, so filtering keeps what training uses.
+_MIN_CELLS: int = MaestroConfig.__dataclass_fields__["min_cells"].default
 
 
 def _cofactors(cofactor: float | Mapping[str, float], markers: list[str]) -> np.ndarray:
@@ -46,11 +47,11 @@ def _cofactors(cofactor: float | Mapping[str, float], markers: list[str]) -> np.
                 f"`cofactor` is a dict but has no value for markers {missing}; add them or pass "
                 "`markers=` listing only the markers to transform."
             )
-        wrong = {m: cofactor[m] for m in markers if not _is_real(cofactor[m])}
+        wrong = {m: cofactor[m] for m in markers if not is_real(cofactor[m])}
         if wrong:
             raise TypeError(f"Cofactors must be numbers; the dict `cofactor` holds {wrong}.")
         values = np.array([cofactor[m] for m in markers], dtype=np.float64)
-    elif _is_real(cofactor):
+    elif is_real(cofactor):
         values = np.full(len(markers), cofactor, dtype=np.float64)
     else:
         raise TypeError(
@@ -287,7 +288,7 @@ def select_markers(
 def filter_samples(
     adata: Any,
     sample_key: str,
-    min_cells: int = DEFAULT_MIN_CELLS,
+    min_cells: int = _MIN_CELLS,
     *,
     copy: bool = False,
     mod: str | None = None,
@@ -304,7 +305,8 @@ def filter_samples(
     sample_key
         Column of ``obs`` with the sample id of each cell.
     min_cells
-        Smallest number of cells a sample must have to be kept.
+        Smallest number of cells a sample must have to be kept (default: training's
+        ``MaestroConfig.min_cells``, below which training skips a sample).
     copy
         Return a filtered copy instead of filtering in place.
     mod
@@ -320,8 +322,7 @@ def filter_samples(
     >>> adata = mst.datasets.synthetic_cohort(n_samples=6, cells_per_sample=(50, 500))
     >>> mst.pp.filter_samples(adata, "sample", min_cells=100)
     """
-    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 0:
-        raise ValueError(f"min_cells={min_cells!r} must be an int >= 0.")
+    check_count(min_cells, "min_cells", minimum=0)
     index = SampleIndex(adata, sample_key, mod=mod, check_values=False)
     small = index.counts < min_cells
     if small.all():
@@ -400,8 +401,7 @@ def subsample(
     >>> small.n_obs
     800
     """
-    if isinstance(n_cells, bool) or not isinstance(n_cells, int | np.integer) or n_cells < 1:
-        raise ValueError(f"n_cells={n_cells!r} must be an int >= 1.")
+    check_count(n_cells, "n_cells")
     check_random_state(random_state, generator=True, none=True)
     index = SampleIndex(adata, sample_key, mod=mod, check_values=False)
     rng = np.random.default_rng(random_state)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from .._results import h5ad_safe as h5ad_safe  # re-exported for _embed
 from .._utils import check_count, check_var_names, resolve_cells
 
 #: Bumped whenever the saved layout changes incompatibly.
@@ -49,20 +50,6 @@ def check_which(which: str | None) -> None:
     """Raise unless ``which`` names an encoder (or is None for the model's default)."""
     if which is not None and which not in ("teacher", "student"):
         raise ValueError(f"`which` must be 'teacher' or 'student', got {which!r}.")
-
-
-def h5ad_safe(value: Any) -> Any:
-    """A copy of ``value`` that ``AnnData.write_h5ad`` can store (no ``None``, no tuples of mixed)."""
-    if isinstance(value, dict):
-        return {str(k): h5ad_safe(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        items = [h5ad_safe(v) for v in value]
-        if all(isinstance(v, (int, float, np.number)) for v in items):
-            return np.asarray(items)
-        return [str(v) for v in items]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return value
 
 
 class MaestroModel:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._results import h5ad_safe
-from .._utils import warn_overwrite
+from .._utils import check_count, warn_overwrite
 from ._prepare import exclude_mask, get_representation, obs_column
 
 
@@ -73,8 +73,7 @@ def nn_contingency(
     values = obs_column(sdata, key, "key")
     keep = exclude_mask(sdata, exclude) & ~values.isna().to_numpy()
     n = int(keep.sum())
-    if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-        raise ValueError(f"`n_neighbors` must be a positive integer, got {n_neighbors!r}.")
+    check_count(n_neighbors, "n_neighbors")
     if n < n_neighbors + 1:
         raise ValueError(
             f"Only {n} labelled samples; nearest neighbours need at least {n_neighbors + 1}."

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._utils import logger, resolve_cells, sample_labels
+from .._utils import is_real, logger, resolve_cells, sample_labels
 
 #: Larger magnitudes overflow the sums of squares behind standardisation and R² in float64.
 HUGE = 1e150
@@ -20,7 +20,7 @@ HUGE = 1e150
 
 def check_penalty(value: Any, name: str, *, positive: bool) -> None:
     """Raise unless ``value`` is a finite number ``>= 0`` (``> 0`` with ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    if not is_real(value):
         raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
     if not np.isfinite(value) or value < 0 or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"

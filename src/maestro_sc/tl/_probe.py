@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .._results import h5ad_safe
-from .._utils import check_random_state, logger, warn_overwrite
+from .._utils import check_count, check_random_state, logger, warn_overwrite
 from ._prepare import HUGE, check_penalty, exclude_mask, get_representation, obs_column
 
 Task = Literal["auto", "classification", "regression"]
@@ -81,8 +81,6 @@ def _effective_splits(
     class_names: Sequence[str] | None = None,
 ) -> int:
     """``n_splits`` capped by the smallest class (or group count), with a warning when capped."""
-    if not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
-        raise ValueError(f"`n_splits` must be an integer >= 2, got {n_splits!r}.")
     cap = len(y)
     reason = f"{len(y)} samples"
     if groups is not None:
@@ -292,6 +290,8 @@ def linear_probe(
     0.75
     """
     check_penalty(C, "C", positive=True)
+    check_count(n_splits, "n_splits", minimum=2)
+    check_count(n_repeats, "n_repeats")
     check_penalty(alpha, "alpha", positive=False)
     check_random_state(random_state)
     rep = get_representation(sdata, use_rep)
@@ -340,8 +340,6 @@ def linear_probe(
                 "cannot fit. Set them to NaN (left out) or rescale the column."
             )
     k_splits = _effective_splits(y, task, g, n_splits, target, classes or None)
-    if not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
-        raise ValueError(f"`n_repeats` must be a positive integer, got {n_repeats!r}.")
 
     splits = _cv_splits(y, task, g, k_splits, n_repeats, random_state)
     if task == "classification":

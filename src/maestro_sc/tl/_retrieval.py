@@ -166,8 +166,6 @@ def celltype_retrieval(
             UserWarning,
             stacklevel=2,
         )
-    if k_splits < 2:
-        raise ValueError(f"`n_splits` must be at least 2, got {n_splits!r}.")
 
     pred = np.zeros_like(P)
     mean_pred = np.zeros_like(P)
