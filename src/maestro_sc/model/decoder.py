@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ._random import randn
 from .blocks import ISAB, MAB, PMA, SAB
-from .masking import randn
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import MaestroConfig

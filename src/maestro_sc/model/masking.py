@@ -17,19 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-
-def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Uniform ``[0, 1)`` numbers drawn on the generator's device, moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
-def randn(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
-) -> Tensor:
-    """Standard normal numbers drawn on the generator's device, moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+# maestro.py takes both helpers from here
+from ._random import rand as rand
+from ._random import randn as randn
 
 
 def n_masked(n: int, rate: float) -> int:
