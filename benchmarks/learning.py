@@ -171,6 +171,70 @@ def run(arm: str, difficulty: str, cohort: int, train_seed: int, n_samples: int)
     _append(record)
 
 
+def codebook_readout(net, adata, k: int = 128, seed: int = 0, layer: int = 0) -> np.ndarray:
+    """Centred log-ratio composition of each sample over a k-means codebook of the teacher
+    encoder's cell states after ``layer`` blocks (0 = the input ``Linear``)."""
+    import torch
+    from sklearn.cluster import MiniBatchKMeans
+
+    enc = net.teacher_encoder
+    codes = adata.obs["sample"].cat.codes.to_numpy()
+    states = []
+    with torch.no_grad():
+        for s in range(codes.max() + 1):
+            h = enc.cells(net._cells(torch.from_numpy(np.asarray(adata.X[codes == s]))))
+            for isab in enc.isabs[:layer]:
+                h = isab(h)
+            states.append(h[0].numpy())
+    rng = np.random.default_rng(seed)
+    pool = np.concatenate([x[rng.choice(len(x), min(1000, len(x)), replace=False)] for x in states])
+    km = MiniBatchKMeans(k, batch_size=4096, n_init=3, random_state=seed).fit(pool)
+    feats = []
+    for x in states:
+        p = np.bincount(km.predict(x), minlength=k) / len(x)
+        log_p = np.log(p + 1.0 / (4 * k))
+        feats.append(log_p - log_p.mean())
+    return np.stack(feats)
+
+
+def rescore(difficulty: str, n_samples: int) -> None:
+    """Score the codebook readout of every saved model (and of the untrained controls)."""
+    import torch
+
+    torch.set_num_threads(1)
+    import maestro_sc as mst
+
+    out = RESULTS / "learning_codebook.jsonl"
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["arm"], r["cohort"], r["train_seed"]))
+    todo = sorted(MODELS.glob(f"*_{difficulty}_*_*"))
+    cohorts = sorted({int(p.name.split("_")[-2]) for p in todo})
+    for cohort in cohorts:
+        adata = _cohort(cohort, difficulty, n_samples)
+        sdata = mst.tl.aggregate_samples(adata, "sample")
+        paths = [p for p in todo if int(p.name.split("_")[-2]) == cohort]
+        seeds = sorted({int(p.name.split("_")[-1]) for p in paths})
+        models = [(p.name.rsplit("_", 3)[0], int(p.name.split("_")[-1]), p) for p in paths]
+        models += [("untrained", seed, None) for seed in seeds]
+        for arm, seed, path in models:
+            if (arm, cohort, seed) in done:
+                continue
+            if path is None:
+                model = mst.tl.pretrain(adata, "sample", preset="cpu", max_epochs=0,
+                                        random_state=seed, progress=False)  # fmt: skip
+            else:
+                model = mst.tl.MaestroModel.load(path)
+            sdata.obsm["C0"] = codebook_readout(model.net, adata, seed=seed)
+            record = {"arm": arm, "difficulty": difficulty, "cohort": cohort,
+                      "train_seed": seed, **score(sdata, "C0")}  # fmt: skip
+            with out.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+
+
 def _rows() -> list[dict]:
     if not JSONL.exists():
         return []
@@ -270,9 +334,14 @@ if __name__ == "__main__":
     p_jobs.add_argument("--seeds", type=int, nargs="+", default=[0])
     p_jobs.add_argument("--difficulty", default="easy")
     sub.add_parser("table")
+    p_re = sub.add_parser("rescore")
+    p_re.add_argument("--difficulty", default="easy")
+    p_re.add_argument("--n-samples", type=int, default=120)
     args = parser.parse_args()
     if args.cmd == "run":
         run(args.arm, args.difficulty, args.cohort, args.train_seed, args.n_samples)
+    elif args.cmd == "rescore":
+        rescore(args.difficulty, args.n_samples)
     elif args.cmd == "jobs":
         jobs(args.arms, args.cohorts, args.difficulty, args.seeds)
     else:
