@@ -88,7 +88,7 @@ def main() -> None:
             reps[f"codebook {names[layer]}"] = _codebook([s[layer] for s in states], 128, 0)
         for name, rep in reps.items():
             sdata.obsm["R"] = rep.astype(np.float64)
-            probe = mst.tl.linear_probe(sdata, "diagnosis", use_rep="R", n_repeats=3)
+            probe = mst.tl.linear_probe(sdata, "diagnosis", use_rep="R", n_repeats=3, inplace=False)
             probe = probe.set_index("metric")
             acc, auroc = probe.loc["accuracy", "mean"], probe.loc["auroc", "mean"]
             results.setdefault(name, {})[tag] = (acc, auroc)

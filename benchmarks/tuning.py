@@ -51,9 +51,13 @@ def main(tag: str, overrides: dict, out: Path = OUT) -> dict:
     sdata = mst.tl.aggregate_samples(adata, "sample")
     for which in ("teacher", "student"):
         sdata.obsm["Z"] = model.embed(adata, "sample", which=which, progress=False).to_numpy()
-        dx = mst.tl.linear_probe(sdata, "diagnosis", use_rep="Z", n_repeats=3).set_index("metric")
-        age = mst.tl.linear_probe(sdata, "age", use_rep="Z", n_repeats=3).set_index("metric")
-        batch = mst.tl.nn_contingency(sdata, "batch", use_rep="Z")
+        dx = mst.tl.linear_probe(
+            sdata, "diagnosis", use_rep="Z", n_repeats=3, inplace=False
+        ).set_index("metric")
+        age = mst.tl.linear_probe(sdata, "age", use_rep="Z", n_repeats=3, inplace=False).set_index(
+            "metric"
+        )
+        batch = mst.tl.nn_contingency(sdata, "batch", use_rep="Z", inplace=False)
         result[which] = {
             "acc": round(dx.loc["accuracy", "mean"], 3),
             "auroc": round(dx.loc["auroc", "mean"], 3),

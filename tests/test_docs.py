@@ -15,7 +15,7 @@ import maestro_sc as mst
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-NAMESPACES = ("io", "pp", "tl", "pl", "datasets", "model")
+NAMESPACES = ("io", "pp", "tl", "pl", "get", "datasets", "model")
 
 
 def _conf():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import maestro_sc as mst
-from maestro_sc.tl._probe import _cv_splits, probe_from_uns
+from maestro_sc.tl._probe import _cv_splits
 from maestro_sc.tl._retrieval import fit_softmax_layer
 
 
@@ -39,7 +39,7 @@ def test_probe_perfect_representation(n_classes):
     labels = np.array([f"c{i % n_classes}" for i in range(30)])
     rep = one_hot(labels) * 5 + rng.normal(scale=0.01, size=(30, n_classes))
     sdata = sample_adata(labels, {"X_perfect": rep})
-    res = mst.tl.linear_probe(sdata, "label", use_rep="X_perfect", n_repeats=2)
+    res = mst.tl.linear_probe(sdata, "label", use_rep="X_perfect", n_repeats=2, inplace=False)
     table = res.set_index("metric")
     assert table.loc["accuracy", "mean"] == 1.0
     assert table.loc["auroc", "mean"] == 1.0
@@ -55,7 +55,9 @@ def test_probe_random_representation_is_near_chance():
     rng = np.random.default_rng(1)
     labels = np.array([f"c{i % 3}" for i in range(300)])
     sdata = sample_adata(labels, {"X_rand": rng.normal(size=(300, 4))})
-    table = mst.tl.linear_probe(sdata, "label", use_rep="X_rand", n_repeats=2).set_index("metric")
+    table = mst.tl.linear_probe(
+        sdata, "label", use_rep="X_rand", n_repeats=2, inplace=False
+    ).set_index("metric")
     assert abs(table.loc["accuracy", "mean"] - 1 / 3) < 0.1
     assert abs(table.loc["auroc", "mean"] - 0.5) < 0.1
     assert table.loc["f1", "chance"] == pytest.approx(1 / 3)
@@ -65,7 +67,9 @@ def test_probe_chance_is_majority_class():
     rng = np.random.default_rng(2)
     labels = np.array(["a"] * 30 + ["b"] * 10)
     sdata = sample_adata(labels, {"X_rand": rng.normal(size=(40, 3))})
-    table = mst.tl.linear_probe(sdata, "label", use_rep="X_rand", n_repeats=1).set_index("metric")
+    table = mst.tl.linear_probe(
+        sdata, "label", use_rep="X_rand", n_repeats=1, inplace=False
+    ).set_index("metric")
     assert table.loc["accuracy", "chance"] == pytest.approx(0.75)
     assert table.loc["auroc", "chance"] == 0.5
     assert table.loc["f1_b", "chance"] == pytest.approx(0.25)
@@ -76,7 +80,7 @@ def test_probe_regression_linear_target():
     X = rng.normal(size=(60, 5))
     y = X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 10
     sdata = sample_adata(["a"] * 60, {"X_lin": X}, age=y)
-    res = mst.tl.linear_probe(sdata, "age", use_rep="X_lin", n_repeats=2, alpha=1e-6)
+    res = mst.tl.linear_probe(sdata, "age", use_rep="X_lin", n_repeats=2, alpha=1e-6, inplace=False)
     table = res.set_index("metric")
     assert res.attrs["task"] == "regression"
     assert list(table.index) == ["mae", "r2"]
@@ -95,7 +99,8 @@ def test_probe_task_override_and_auto():
     codes = np.tile([0, 1], 15)
     sdata = sample_adata(codes.astype(str), {"X": rng.normal(size=(30, 2))}, code=codes)
     assert (
-        mst.tl.linear_probe(sdata, "code", use_rep="X", n_repeats=1).attrs["task"] == "regression"
+        mst.tl.linear_probe(sdata, "code", use_rep="X", n_repeats=1, inplace=False).attrs["task"]
+        == "regression"
     )
     res = mst.tl.linear_probe(
         sdata, "code", use_rep="X", n_repeats=1, task="classification", inplace=False
@@ -117,7 +122,9 @@ def test_grouped_cv_keeps_groups_together():
     sdata = sample_adata(
         np.where(y == 0, "ref", "stim"), {"X": rng.normal(size=(24, 3))}, patient=groups
     )
-    res = mst.tl.linear_probe(sdata, "label", use_rep="X", groups="patient", n_repeats=2)
+    res = mst.tl.linear_probe(
+        sdata, "label", use_rep="X", groups="patient", n_repeats=2, inplace=False
+    )
     assert res.attrs["groups"] == "patient"
     assert res.set_index("metric").loc["accuracy", "n_folds"] == 10
 
@@ -132,7 +139,7 @@ def test_grouped_probe_splits_paired_signal():
     rep = np.repeat(rng.normal(size=(n_pat, 3)), 2, axis=0) + signal * 3
     sdata = sample_adata(labels, {"X": rep}, patient=patient)
     table = mst.tl.linear_probe(
-        sdata, "label", use_rep="X", groups="patient", n_splits=5, n_repeats=2
+        sdata, "label", use_rep="X", groups="patient", n_splits=5, n_repeats=2, inplace=False
     ).set_index("metric")
     assert table.loc["accuracy", "mean"] > 0.8
 
@@ -142,7 +149,7 @@ def test_probe_caps_splits_by_smallest_class():
     labels = np.array(["a"] * 20 + ["b"] * 3)
     sdata = sample_adata(labels, {"X": rng.normal(size=(23, 2))})
     with pytest.warns(UserWarning, match="capped to 3"):
-        res = mst.tl.linear_probe(sdata, "label", use_rep="X", n_repeats=2)
+        res = mst.tl.linear_probe(sdata, "label", use_rep="X", n_repeats=2, inplace=False)
     assert res.attrs["n_splits"] == 3
     assert res.set_index("metric").loc["accuracy", "n_folds"] == 6
 
@@ -166,7 +173,7 @@ def test_probe_exclude_mask_query_and_names():
     kind = np.array(["sample"] * 20 + ["control"])
     sdata = sample_adata(labels, {"X": rng.normal(size=(21, 2))}, kind=kind)
     by_query = mst.tl.linear_probe(
-        sdata, "label", use_rep="X", exclude="kind == 'control'", n_repeats=1
+        sdata, "label", use_rep="X", exclude="kind == 'control'", n_repeats=1, inplace=False
     )
     by_mask = mst.tl.linear_probe(
         sdata, "label", use_rep="X", exclude=kind == "control", n_repeats=1, inplace=False
@@ -186,22 +193,27 @@ def test_probe_folds_uns_and_h5ad_roundtrip(tmp_path):
     rng = np.random.default_rng(10)
     labels = np.array(["a", "b"] * 12)
     sdata = sample_adata(labels, {"X_r": rng.normal(size=(24, 2))})
-    res = mst.tl.linear_probe(sdata, "label", use_rep="X_r", n_splits=3, n_repeats=2)
+    res = mst.tl.linear_probe(sdata, "label", use_rep="X_r", n_splits=3, n_repeats=2, inplace=False)
+    assert "probe_label_X_r" not in sdata.uns  # inplace=False leaves sdata alone
     folds = pd.DataFrame(res.attrs["folds"])
     assert set(folds.columns) == {"repeat", "fold", "metric", "value"}
     acc = folds[folds.metric == "accuracy"]["value"]
     assert len(acc) == 6
     assert acc.mean() == pytest.approx(res.set_index("metric").loc["accuracy", "mean"])
-    assert "probe_label_X_r" in sdata.uns
     # Results of several representations concatenate (attrs hold no arrays).
     both = pd.concat([res.assign(method="a"), res.assign(method="b")])
     assert len(both) == 2 * len(res)
+    # inplace=True stores the same result and returns None.
+    assert mst.tl.linear_probe(sdata, "label", use_rep="X_r", n_splits=3, n_repeats=2) is None
+    stored = mst.get.result_df(sdata, "probe_label_X_r")
+    pd.testing.assert_frame_equal(stored, res)
+    assert stored.attrs["folds"] == res.attrs["folds"]
+    assert stored.attrs["classes"] == ["a", "b"] and stored.attrs["task"] == "classification"
     sdata.write_h5ad(tmp_path / "s.h5ad")
     back = ad.read_h5ad(tmp_path / "s.h5ad")
-    rebuilt = probe_from_uns(back, "probe_label_X_r")
-    pd.testing.assert_frame_equal(
-        rebuilt[["metric", "mean", "std"]], res[["metric", "mean", "std"]], check_dtype=False
-    )
+    rebuilt = mst.get.result_df(back, "probe_label_X_r")
+    pd.testing.assert_frame_equal(rebuilt, res, check_dtype=False)
+    assert rebuilt.attrs["folds"] == res.attrs["folds"]
     with pytest.warns(UserWarning, match="overwritten"):
         mst.tl.linear_probe(sdata, "label", use_rep="X_r", n_splits=3, n_repeats=1)
 
@@ -234,18 +246,26 @@ def test_retrieval_true_proportions_beat_mean_predictor():
     sdata = ad.AnnData(np.zeros((40, 1), dtype=np.float32), obs=pd.DataFrame(index=names))
     sdata.obsm["X_true"] = true.loc[names].to_numpy()
     sdata.obsm["X_rand"] = rng.normal(size=(40, 4))
-    res = mst.tl.celltype_retrieval(sdata, cells, "sample", "cell_type", use_rep="X_true")
+    res = mst.tl.celltype_retrieval(
+        sdata, cells, "sample", "cell_type", use_rep="X_true", inplace=False
+    )
     # Text cell types come in sorted order (categories keep theirs).
     assert list(res.index) == ["B", "Mono", "NK", "T", "(mean)"]
     assert list(res.columns) == ["mae", "mae_mean_predictor", "relative_mae", "mean_proportion"]
     assert res.loc["(mean)", "relative_mae"] < 0.4
     assert res.loc["(mean)", "mae"] == pytest.approx(res["mae"].iloc[:-1].mean())
-    rand = mst.tl.celltype_retrieval(sdata, cells, "sample", "cell_type", use_rep="X_rand")
+    rand = mst.tl.celltype_retrieval(
+        sdata, cells, "sample", "cell_type", use_rep="X_rand", inplace=False
+    )
     assert rand.loc["(mean)", "relative_mae"] > 0.85
     assert rand.loc["(mean)", "mae_mean_predictor"] == pytest.approx(
         res.loc["(mean)", "mae_mean_predictor"]
     )
-    assert "retrieval_cell_type_X_true" in sdata.uns
+    assert "retrieval_cell_type_X_true" not in sdata.uns
+    assert mst.tl.celltype_retrieval(sdata, cells, "sample", "cell_type", use_rep="X_true") is None
+    stored = mst.get.result_df(sdata, "retrieval_cell_type_X_true")
+    pd.testing.assert_frame_equal(stored, res)
+    assert stored.attrs == res.attrs
 
 
 def test_retrieval_matches_integer_sample_ids_and_warns_on_missing():
@@ -254,7 +274,9 @@ def test_retrieval_matches_integer_sample_ids_and_warns_on_missing():
     sdata = ad.AnnData(np.zeros((13, 1), dtype=np.float32), obs=pd.DataFrame(index=names))
     sdata.obsm["X"] = np.vstack([true.loc[names[:-1]].to_numpy(), np.zeros((1, 4))])
     with pytest.warns(UserWarning, match="no cells"):
-        res = mst.tl.celltype_retrieval(sdata, cells, "sample", "cell_type", use_rep="X")
+        res = mst.tl.celltype_retrieval(
+            sdata, cells, "sample", "cell_type", use_rep="X", inplace=False
+        )
     assert res.attrs["n_samples"] == 12
     with pytest.raises(KeyError, match="cell_type_key"):
         mst.tl.celltype_retrieval(sdata, cells, "sample", "nope", use_rep="X")
@@ -280,7 +302,7 @@ def test_nn_contingency_separated_clusters_agree():
     labels = np.array(["x"] * 10 + ["y"] * 10)
     rep = np.vstack([rng.normal(size=(10, 2)), rng.normal(size=(10, 2)) + 100])
     sdata = sample_adata(labels, {"X_sep": rep})
-    res = mst.tl.nn_contingency(sdata, "label", use_rep="X_sep")
+    res = mst.tl.nn_contingency(sdata, "label", use_rep="X_sep", inplace=False)
     assert res["agreement"] == 1.0
     assert res["chance"] == pytest.approx(9 / 19)
     assert res["table"].to_numpy().tolist() == [[10, 0], [0, 10]]
@@ -290,7 +312,7 @@ def test_nn_contingency_exact_counts():
     pos = np.array([[0.0], [1.0], [10.0], [11.0], [20.0]])
     labels = ["a", "a", "b", "b", "a"]
     sdata = sample_adata(labels, {"X_1d": pos})
-    res = mst.tl.nn_contingency(sdata, "label", use_rep="X_1d")
+    res = mst.tl.nn_contingency(sdata, "label", use_rep="X_1d", inplace=False)
     # s4 (at 20, label a) has s3 (at 11, label b) as nearest neighbour.
     assert res["table"].loc["a"].tolist() == [2, 1]
     assert res["table"].loc["b"].tolist() == [0, 2]
@@ -304,7 +326,12 @@ def test_nn_contingency_exact_counts():
         "s4": "s3",
     }
     assert res["per_label"].to_dict() == pytest.approx({"a": 2 / 3, "b": 1.0})
-    assert sdata.uns["nn_label_X_1d"]["agreement"] == pytest.approx(0.8)
+    assert "nn_label_X_1d" not in sdata.uns
+    assert mst.tl.nn_contingency(sdata, "label", use_rep="X_1d", key_added="nn") is None
+    assert sdata.uns["nn"]["agreement"] == pytest.approx(0.8)
+    stored = mst.get.result_df(sdata, "nn")
+    pd.testing.assert_frame_equal(stored, res["table"])
+    assert stored.attrs["chance"] == res["chance"] and stored.attrs["n"] == 5
 
 
 def test_nn_contingency_batch_rate_and_k_neighbours():
@@ -332,54 +359,52 @@ def test_evaluation_rejects_nonfinite_representation():
             mst.tl.linear_probe(rep, "label")
 
 
-# ------------------------------------------------------------------- benchmark table helper
+# ------------------------------------------------------------- stored results, several reps
 
 
-def load_benchmark_helpers():
-    import importlib.util
-    from pathlib import Path
+def test_representations_compared_through_stored_results(tmp_path):
+    """Each tool stores its result under its own key; result_df and the plots read them."""
+    import matplotlib
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluate.py"
-    spec = importlib.util.spec_from_file_location("benchmark_evaluate", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_table_and_markdown():
-    helpers = load_benchmark_helpers()
+    matplotlib.use("Agg")
     cells, true = cells_with_types(24, seed=5)
     names = [f"s{s}" for s in range(24)]
     rng = np.random.default_rng(6)
     labels = np.where(true.loc[names, "T"] > true.loc[names, "T"].median(), "hi", "lo")
-    sdata = sample_adata(
-        labels, {"X_true": true.loc[names].to_numpy(), "X_gated": true.loc[names].to_numpy()}
-    )
+    sdata = sample_adata(labels, {"X_true": true.loc[names].to_numpy()})
     sdata.obs_names = names
     sdata.obsm["X_rand"] = rng.normal(size=(24, 3))
     sdata.obs["age"] = true.loc[names, "B"].to_numpy() * 100
-    sdata.obs["batch"] = np.tile(["b1", "b2"], 12)
-    table = helpers.evaluate_representations(
-        sdata,
-        cells,
-        "sample",
-        {"label": "classification", "age": "regression"},
-        ["X_true", "X_rand", "X_gated"],
-        cell_type_key="cell_type",
-        batch_key="batch",
-        n_repeats=2,
-    )
-    assert list(table.index) == ["X_true", "X_rand", "X_gated", "chance"]
-    assert {"label acc", "label acc std", "label AUROC", "label NN", "age MAE", "age R2"} <= set(
-        table.columns
-    )
-    assert table.loc["X_true", "label acc"] > table.loc["X_rand", "label acc"]
-    assert table.loc["X_true", "age R2"] > 0.8
-    assert np.isnan(table.loc["X_gated", "retrieval MAE"])
-    assert table.loc["chance", "retrieval rel."] == 1.0
-    text = helpers.to_markdown(table)
-    lines = text.splitlines()
-    assert lines[0].startswith("| representation | label acc |")
-    assert "±" in lines[2]
-    assert "—" in lines[4]
-    assert len(lines) == 2 + 4
+    for rep in ("X_true", "X_rand"):
+        assert mst.tl.linear_probe(sdata, "label", use_rep=rep, n_repeats=2) is None
+        assert mst.tl.linear_probe(sdata, "age", use_rep=rep, n_repeats=2) is None
+        assert mst.tl.nn_contingency(sdata, "label", use_rep=rep) is None
+        mst.tl.celltype_retrieval(sdata, cells, "sample", "cell_type", use_rep=rep)
+    sdata.write_h5ad(tmp_path / "s.h5ad")
+    sdata = ad.read_h5ad(tmp_path / "s.h5ad")
+
+    def get(key, row, column="mean"):
+        table = mst.get.result_df(sdata, key)
+        return table.set_index("metric").loc[row, column] if "metric" in table else table
+
+    assert get("probe_label_X_true", "accuracy") > get("probe_label_X_rand", "accuracy")
+    assert get("probe_age_X_true", "r2") > 0.8
+    ret = mst.get.result_df(sdata, "retrieval_cell_type_X_true")
+    assert ret.index[-1] == "(mean)" and ret.loc["(mean)", "relative_mae"] < 1
+    assert ret.attrs["use_rep"] == "X_true" and ret.attrs["cell_type_key"] == "cell_type"
+    nn = mst.get.result_df(sdata, "nn_label_X_true")
+    assert list(nn.index) == ["hi", "lo"] and int(nn.to_numpy().sum()) == 24
+    assert nn.attrs["agreement"] == pytest.approx(np.trace(nn.to_numpy()) / 24)
+    direct = mst.tl.nn_contingency(sdata, "label", use_rep="X_true", inplace=False)
+    pd.testing.assert_frame_equal(nn, direct["table"])
+    assert direct["agreement"] == nn.attrs["agreement"]
+    # The plots take the sample AnnData and a key (or the column the results are about).
+    ax = mst.pl.probe(sdata, "label", show=False)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"X_true", "X_rand", "chance"}
+    mst.pl.probe(sdata, {"truth": "probe_age_X_true"}, metrics=("r2",), show=False)
+    mst.pl.celltype_retrieval(sdata, "cell_type", show=False)
+    mst.pl.nn_contingency(sdata, "nn_label_X_rand", show=False)
+    with pytest.raises(KeyError, match="linear_probe"):
+        mst.pl.probe(sdata, "nope", show=False)
+    with pytest.raises(ValueError, match=r"holds a mst\.tl\.nn_contingency result, not a"):
+        mst.pl.probe(sdata, "nn_label_X_true", show=False)

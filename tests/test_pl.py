@@ -59,6 +59,7 @@ def test_embedding(sdata, tmp_path):
 
 
 def test_nn_contingency(sdata, tmp_path):
+    mst.tl.nn_contingency(sdata, "diagnosis", use_rep="X_rep")
     ax = mst.pl.nn_contingency(
         sdata, "diagnosis", use_rep="X_rep", show=False, save=tmp_path / "nn.png"
     )
@@ -66,29 +67,64 @@ def test_nn_contingency(sdata, tmp_path):
     texts = [t.get_text() for t in ax.texts]
     assert len(texts) == 9
     assert sum(int(t) for t in texts) == 24
-    assert "agreement" in ax.get_title()
+    assert ax.get_title().startswith("X_rep: agreement")
+    # The uns key itself works too, and reads the stored result (no recomputation).
+    again = mst.pl.nn_contingency(sdata, "nn_diagnosis_X_rep", use_rep="other", show=False)
+    assert [t.get_text() for t in again.texts] == texts
+    assert again.get_title() == ax.get_title()
+
+
+def test_nn_contingency_without_a_stored_result_is_deprecated(sdata):
+    with pytest.warns(DeprecationWarning, match=r"mst\.tl\.nn_contingency"):
+        ax = mst.pl.nn_contingency(sdata, "diagnosis", use_rep="X_rep", show=False)
+    assert sum(int(t.get_text()) for t in ax.texts) == 24
     assert not any(k.startswith("nn_") for k in sdata.uns)
+    mst.tl.nn_contingency(sdata, "diagnosis", use_rep="X_rep")
+    with pytest.warns(DeprecationWarning, match="ignored"):
+        mst.pl.nn_contingency(sdata, "diagnosis", use_rep="X_rep", metric="cosine", show=False)
+    mst.tl.linear_probe(sdata, "diagnosis", use_rep="X_rep", n_repeats=1, key_added="p")
+    with pytest.raises(ValueError, match=r"holds a mst\.tl\.linear_probe result"):
+        mst.pl.nn_contingency(sdata, "p", show=False)
 
 
 def test_probe_plot(sdata, tmp_path):
-    results = {
-        rep: mst.tl.linear_probe(sdata, "diagnosis", use_rep=rep, n_repeats=1, inplace=False)
-        for rep in ["X_rep", "X_other"]
-    }
-    ax = mst.pl.probe(results, show=False, save=tmp_path / "probe.png")
+    for rep in ["X_rep", "X_other"]:
+        assert mst.tl.linear_probe(sdata, "diagnosis", use_rep=rep, n_repeats=1) is None
+    ax = mst.pl.probe(sdata, "diagnosis", show=False, save=tmp_path / "probe.png")
     assert saved(tmp_path / "probe.png")
     assert len(ax.patches) == 6
     labels = ax.get_legend_handles_labels()[1]
     assert labels == ["chance", "X_rep", "X_other"]
-    long = pd.concat([t.assign(method=m) for m, t in results.items()])
-    mst.pl.probe(long, show=False)
-    age = {"X_rep": mst.tl.linear_probe(sdata, "age", use_rep="X_rep", n_repeats=1, inplace=False)}
-    mst.pl.probe(age, metrics=("mae", "r2"), show=False, save=tmp_path / "probe_age.png")
+    keys = ["probe_diagnosis_X_other", "probe_diagnosis_X_rep"]
+    ax = mst.pl.probe(sdata, keys, show=False)
+    assert ax.get_legend_handles_labels()[1] == ["chance", "X_other", "X_rep"]
+    ax = mst.pl.probe(sdata, {"mine": keys[1]}, ("accuracy",), show=False)
+    assert ax.get_legend_handles_labels()[1] == ["chance", "mine"]
+    mst.tl.linear_probe(sdata, "age", use_rep="X_rep", n_repeats=1)
+    mst.pl.probe(sdata, "age", metrics=("mae", "r2"), show=False, save=tmp_path / "age.png")
     with pytest.raises(KeyError, match="Metrics"):
-        mst.pl.probe(age, show=False)
+        mst.pl.probe(sdata, "probe_age_X_rep", show=False)
+    with pytest.raises(KeyError, match="probe_diagnosis_X_rep"):
+        mst.pl.probe(sdata, "nothing", show=False)
+    with pytest.raises(TypeError, match="Pass `key`"):
+        mst.pl.probe(sdata, show=False)
 
 
-def test_celltype_retrieval_plot(tmp_path):
+def test_probe_plot_of_tables_is_deprecated(sdata):
+    results = {
+        rep: mst.tl.linear_probe(sdata, "diagnosis", use_rep=rep, n_repeats=1, inplace=False)
+        for rep in ["X_rep", "X_other"]
+    }
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        ax = mst.pl.probe(results, show=False)
+    assert ax.get_legend_handles_labels()[1] == ["chance", "X_rep", "X_other"]
+    long = pd.concat([t.assign(method=m) for m, t in results.items()])
+    with pytest.warns(DeprecationWarning):
+        ax = mst.pl.probe(long, ("accuracy",), show=False)  # the old second argument: metrics
+    assert len(ax.patches) == 2
+
+
+def retrieval_tables():
     types = ["T", "B", "NK"]
     results = {}
     for i, method in enumerate(["X_a", "X_b"]):
@@ -102,13 +138,27 @@ def test_celltype_retrieval_plot(tmp_path):
             index=pd.Index(types, name="cell_type"),
         )
         table.loc["(mean)"] = table.mean()
+        table.attrs = {"use_rep": method, "cell_type_key": "cell_type"}
         results[method] = table
+    return results
+
+
+def test_celltype_retrieval_plot(sdata, tmp_path):
+    from maestro_sc._results import RETRIEVAL, store_result
+
+    results = retrieval_tables()
+    for method, table in results.items():
+        store_result(sdata, f"retrieval_cell_type_{method}", RETRIEVAL, table)
     before = results["X_a"].copy()
-    ax = mst.pl.celltype_retrieval(results, show=False, save=tmp_path / "ret.png")
+    ax = mst.pl.celltype_retrieval(sdata, "cell_type", show=False, save=tmp_path / "ret.png")
     assert saved(tmp_path / "ret.png")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["mean", "T", "B", "NK"]
     assert len(ax.patches) == 8
+    assert {"X_a", "X_b"} <= set(ax.get_legend_handles_labels()[1])
     pd.testing.assert_frame_equal(results["X_a"], before)
+    with pytest.warns(DeprecationWarning):
+        ax = mst.pl.celltype_retrieval(results, show=False)
+    assert len(ax.patches) == 8
 
 
 def test_reconstruction(tmp_path):

@@ -1,7 +1,7 @@
 """maestro_sc: MAESTRO sample embeddings for cytometry cohorts.
 
-Import as ``import maestro_sc as mst``. The namespaces ``io``, ``pp``, ``tl``, ``pl`` and
-``datasets`` are imported on first use, so ``import maestro_sc`` stays fast (torch, scanpy and
+Import as ``import maestro_sc as mst``. The namespaces ``io``, ``pp``, ``tl``, ``pl``, ``get``
+and ``datasets`` are imported on first use, so ``import maestro_sc`` stays fast (torch, scanpy and
 Lightning load only when a function needs them).
 """
 
@@ -16,10 +16,10 @@ try:  # pyproject.toml holds the version; the installed package's metadata carri
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
     __version__ = "0+unknown"
 
-_SUBMODULES = ("io", "pp", "tl", "pl", "datasets", "model", "train")
+_SUBMODULES = ("io", "pp", "tl", "pl", "get", "datasets", "model", "train")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import datasets, io, model, pl, pp, tl, train  # noqa: F401
+    from . import datasets, get, io, model, pl, pp, tl, train  # noqa: F401
 
 
 def __getattr__(name: str):

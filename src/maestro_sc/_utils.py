@@ -128,7 +128,7 @@ def check_count(value: Any, name: str, *, minimum: int = 1, none: bool = False) 
             + f", got {value!r} ({type(value).__name__})."
         )
     if value < minimum:
-        raise ValueError(f"`{name}`={value} must be >= {minimum}.")
+        raise ValueError(f"`{name}`={value} is too small: pass an int >= {minimum}.")
 
 
 def check_var_names(adata: AnnData) -> None:

@@ -1,7 +1,11 @@
-"""Plots of the evaluation results: nearest-neighbour table, linear probe, cell-type retrieval."""
+"""Plots of the evaluation results: nearest-neighbour table, linear probe, cell-type retrieval.
+
+Each plot reads what the matching ``mst.tl`` tool stored in the sample AnnData's ``uns``.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..tl._neighbors import nn_contingency as _nn_contingency
+from .._results import NEIGHBORS, PROBE, RETRIEVAL, load_result, result_kind, stored_results
+from ..tl._neighbors import nn_contingency as compute_nn_contingency
 from ..tl._retrieval import RETRIEVAL_MEAN
 from ._utils import finish, method_colors, new_axes, results_by_method
 
@@ -22,12 +27,97 @@ _METRIC_LABELS = {
 }
 
 
+def _is_legacy(results: Any) -> bool:
+    """Whether the first argument is result tables (the deprecated call) instead of sdata."""
+    return isinstance(results, pd.DataFrame) or (
+        isinstance(results, Mapping) and all(isinstance(v, pd.DataFrame) for v in results.values())
+    )
+
+
+def _legacy_tables(results: Any, what: str, tool: str) -> dict[str, pd.DataFrame]:
+    warnings.warn(
+        f"Passing result tables to mst.pl.{tool.replace('linear_', '')} is deprecated: run "
+        f"mst.tl.{tool}(sdata, ...) (it stores its result in sdata.uns) and pass sdata and the "
+        "key(s).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return results_by_method(results, what)
+
+
+def _stored_tables(
+    sdata: Any, key: str | Sequence[str] | Mapping[str, str] | None, kind: str, column: str
+) -> dict[str, pd.DataFrame]:
+    """``{label: table}`` of the stored results that ``key`` names (see :func:`probe`)."""
+    if key is None:
+        raise TypeError(
+            f"Pass `key`: a key of sdata.uns, a list of them, or a {column} value; stored "
+            f"results: {stored_results(sdata, kind)}."
+        )
+    if isinstance(key, Mapping):
+        return {str(label): load_result(sdata, k, kind) for label, k in key.items()}
+    if isinstance(key, str):
+        if key in sdata.uns:
+            keys = [key]
+        else:
+            keys = [
+                k
+                for k in stored_results(sdata, kind)
+                if str(sdata.uns[k].get("params", {}).get(column)) == key
+            ]
+            if not keys:
+                load_result(sdata, key, kind)  # raises, listing the stored results
+    else:
+        keys = [str(k) for k in key]
+        if not keys:
+            raise ValueError("`key` is an empty list; name at least one stored result.")
+    tables = {k: load_result(sdata, k, kind) for k in keys}
+    reps = [str(t.attrs.get("use_rep", k)) for k, t in tables.items()]
+    labels = reps if len(set(reps)) == len(reps) else list(tables)
+    return dict(zip(labels, tables.values(), strict=True))
+
+
+def _stored_neighbors(
+    sdata: Any, key: str, use_rep: str, metric: str | None, exclude: Any
+) -> dict[str, Any]:
+    """The stored :func:`maestro_sc.tl.nn_contingency` result that ``key`` names."""
+    if not isinstance(key, str):
+        raise TypeError(f"`key` must be a key of sdata.uns or an obs column, got {key!r}.")
+    for name in (key, f"nn_{key}_{use_rep}"):
+        if result_kind(sdata.uns.get(name)) == NEIGHBORS:
+            if metric is not None or exclude is not None:
+                warnings.warn(
+                    f"`metric` and `exclude` are deprecated and ignored: sdata.uns[{name!r}] "
+                    "holds the result; pass them to mst.tl.nn_contingency.",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+            return load_result(sdata, name, NEIGHBORS)
+    if key in sdata.uns:
+        load_result(sdata, key, NEIGHBORS)  # raises: the key holds something else
+    warnings.warn(
+        f"sdata.uns holds no nearest-neighbour result for {key!r} and {use_rep!r} "
+        f"(nn_{key}_{use_rep}); computing it in the plot is deprecated. Run "
+        f"mst.tl.nn_contingency(sdata, {key!r}, use_rep={use_rep!r}) first.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return compute_nn_contingency(
+        sdata,
+        key,
+        use_rep=use_rep,
+        metric=metric or "euclidean",
+        exclude=exclude,
+        inplace=False,
+    )
+
+
 def nn_contingency(
     sdata: Any,
     key: str,
     *,
     use_rep: str = "X_maestro",
-    metric: str = "euclidean",
+    metric: str | None = None,
     exclude: Any = None,
     cmap: str = "Blues",
     title: str | None = None,
@@ -37,22 +127,23 @@ def nn_contingency(
 ) -> Any:
     """Heatmap of each sample's label against its nearest neighbour's label (paper Fig. 3b).
 
-    Cells are coloured by the fraction of the row (true label) and annotated with the counts;
-    the title gives the agreement rate and its chance level (see
-    :func:`maestro_sc.tl.nn_contingency`, which this calls without writing to ``sdata``).
+    Draws the result that :func:`maestro_sc.tl.nn_contingency` stored in ``sdata.uns``. Cells
+    are coloured by the fraction of the row (true label) and annotated with the counts; the
+    title gives the agreement rate and its chance level.
 
     Parameters
     ----------
     sdata
-        Sample-level AnnData.
+        Sample-level AnnData holding the result.
     key
-        Column of ``sdata.obs`` with the labels.
+        Key of ``sdata.uns`` with the result (the tool's ``key_added``), or the label column
+        it was computed for: then ``sdata.uns[f"nn_{key}_{use_rep}"]`` is drawn.
     use_rep
-        Key of ``sdata.obsm`` holding the representation.
-    metric
-        Distance between samples.
-    exclude
-        Samples to leave out (as in :func:`maestro_sc.tl.linear_probe`).
+        Representation of the result to draw when ``key`` names a label column.
+    metric, exclude
+        Deprecated: when no stored result is found, the table is computed here with these (as
+        in :func:`maestro_sc.tl.nn_contingency`) after a ``DeprecationWarning``; run the tool
+        first instead.
     cmap
         Colour map of the row fractions.
     title
@@ -71,11 +162,11 @@ def nn_contingency(
     Examples
     --------
     >>> import maestro_sc as mst
-    >>> mst.pl.nn_contingency(sdata, "diagnosis", use_rep="X_maestro")  # doctest: +SKIP
+    >>> mst.tl.nn_contingency(sdata, "diagnosis")  # doctest: +SKIP
+    >>> mst.pl.nn_contingency(sdata, "diagnosis")  # doctest: +SKIP
     """
-    res = _nn_contingency(
-        sdata, key, use_rep=use_rep, metric=metric, exclude=exclude, inplace=False
-    )
+    res = _stored_neighbors(sdata, key, use_rep, metric, exclude)
+    use_rep = str(res["use_rep"])
     counts = res["table"]
     props = res["proportions"].fillna(0.0).to_numpy()
     k = len(counts)
@@ -137,7 +228,8 @@ def _grouped_bars(
 
 
 def probe(
-    results: Mapping[str, pd.DataFrame] | pd.DataFrame,
+    sdata: Any,
+    key: str | Sequence[str] | Mapping[str, str] | None = None,
     metrics: Sequence[str] = ("accuracy", "auroc", "f1"),
     *,
     chance: bool = True,
@@ -149,18 +241,25 @@ def probe(
 ) -> Any:
     """Grouped bars of linear-probe metrics for several representations (paper Fig. 4).
 
+    Draws the results that :func:`maestro_sc.tl.linear_probe` stored in ``sdata.uns``.
+
     Parameters
     ----------
-    results
-        ``{method: table}`` of :func:`maestro_sc.tl.linear_probe` results, or one table with a
-        ``method`` column (e.g. their concatenation).
+    sdata
+        Sample-level AnnData holding the results. Deprecated: ``{method: table}`` of
+        :func:`maestro_sc.tl.linear_probe` tables, or one table with a ``method`` column (then
+        the second argument, if given, is ``metrics``).
+    key
+        Which results: a key of ``sdata.uns`` (the tool's ``key_added``), a list of keys, a
+        dict ``{label: key}``, or a target column: every stored probe of that target. Bars are
+        labelled by representation (``use_rep``) unless a dict names them.
     metrics
         Metrics to show, one bar group each on one y axis; for a continuous target draw
         ``("r2",)`` and ``("mae",)`` on separate Axes, as their scales differ.
     chance
         Draw each metric's chance level as a dashed line across its group.
     palette
-        Colours per method (default: tab10 in the order of ``results``).
+        Colours per label (default: tab10 in the order of the results).
     title
         Axes title.
     ax
@@ -177,13 +276,16 @@ def probe(
     Examples
     --------
     >>> import maestro_sc as mst
-    >>> res = {
-    ...     rep: mst.tl.linear_probe(sdata, "diagnosis", use_rep=rep)
-    ...     for rep in ["X_maestro", "X_kmeans32"]
-    ... }  # doctest: +SKIP
-    >>> mst.pl.probe(res)  # doctest: +SKIP
+    >>> for rep in ["X_maestro", "X_kmeans32"]:
+    ...     mst.tl.linear_probe(sdata, "diagnosis", use_rep=rep)  # doctest: +SKIP
+    >>> mst.pl.probe(sdata, "diagnosis")  # doctest: +SKIP
     """
-    tables = results_by_method(results, "probe")
+    if _is_legacy(sdata):
+        if key is not None:
+            metrics = key
+        tables = _legacy_tables(sdata, "probe", "linear_probe")
+    else:
+        tables = _stored_tables(sdata, key, PROBE, "target")
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     methods = list(tables)
     means = np.full((len(methods), len(metrics)), np.nan)
@@ -232,7 +334,8 @@ def probe(
 
 
 def celltype_retrieval(
-    results: Mapping[str, pd.DataFrame] | pd.DataFrame,
+    sdata: Any,
+    key: str | Sequence[str] | Mapping[str, str] | None = None,
     *,
     mean_predictor: bool = True,
     palette: Mapping[str, Any] | None = None,
@@ -243,18 +346,23 @@ def celltype_retrieval(
 ) -> Any:
     """Per-cell-type error of proportion retrieval for several representations (paper Fig. 5).
 
-    One group of bars per cell type, and first the mean over cell types (paper Fig. 5a); the
+    Draws the results that :func:`maestro_sc.tl.celltype_retrieval` stored in ``sdata.uns``:
+    one group of bars per cell type, and first the mean over cell types (paper Fig. 5a); the
     black ticks mark the error of predicting the training-fold mean proportions.
 
     Parameters
     ----------
-    results
-        ``{method: table}`` of :func:`maestro_sc.tl.celltype_retrieval` results, or one table
-        with a ``method`` column.
+    sdata
+        Sample-level AnnData holding the results. Deprecated: ``{method: table}`` of
+        :func:`maestro_sc.tl.celltype_retrieval` tables, or one table with a ``method`` column.
+    key
+        Which results: a key of ``sdata.uns`` (the tool's ``key_added``), a list of keys, a
+        dict ``{label: key}``, or a cell-type column: every stored retrieval of that column.
+        Bars are labelled by representation (``use_rep``) unless a dict names them.
     mean_predictor
         Mark the training-mean predictor's error in each group.
     palette
-        Colours per method (default: tab10 in the order of ``results``).
+        Colours per label (default: tab10 in the order of the results).
     title
         Axes title.
     ax
@@ -271,13 +379,18 @@ def celltype_retrieval(
     Examples
     --------
     >>> import maestro_sc as mst
-    >>> res = {
-    ...     rep: mst.tl.celltype_retrieval(sdata, adata, "sample", "cell_type", use_rep=rep)
-    ...     for rep in ["X_maestro", "X_kmeans32"]
-    ... }  # doctest: +SKIP
-    >>> mst.pl.celltype_retrieval(res)  # doctest: +SKIP
+    >>> for rep in ["X_maestro", "X_kmeans32"]:
+    ...     mst.tl.celltype_retrieval(
+    ...         sdata, adata, "sample", "cell_type", use_rep=rep
+    ...     )  # doctest: +SKIP
+    >>> mst.pl.celltype_retrieval(sdata, "cell_type")  # doctest: +SKIP
     """
-    tables = results_by_method(results, "cell-type retrieval")
+    if _is_legacy(sdata):
+        if key is not None:
+            raise TypeError("With result tables as the first argument, pass no `key`.")
+        tables = _legacy_tables(sdata, "cell-type retrieval", "celltype_retrieval")
+    else:
+        tables = _stored_tables(sdata, key, RETRIEVAL, "cell_type_key")
     methods = list(tables)
     first = tables[methods[0]]
     if "cell_type" in first.columns:

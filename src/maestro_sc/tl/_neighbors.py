@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._results import h5ad_safe
-from .._utils import check_count, warn_overwrite
+from .._results import NEIGHBORS, neighbor_result, store_result
+from .._utils import check_count
 from ._prepare import exclude_mask, get_representation, obs_column
 
 
@@ -22,7 +22,7 @@ def nn_contingency(
     exclude: Any = None,
     key_added: str | None = None,
     inplace: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Label of each sample's nearest other sample: contingency table and agreement (paper Fig. 3b).
 
     For each sample, its ``n_neighbors`` nearest other samples in the representation are found;
@@ -50,21 +50,28 @@ def nn_contingency(
     key_added
         Key of ``sdata.uns`` for the result (default ``f"nn_{key}_{use_rep}"``).
     inplace
-        Store the result in ``sdata.uns``.
+        Store the result in ``sdata.uns[key_added]`` and return ``None`` (read it back with
+        :func:`maestro_sc.get.result_df`, draw it with :func:`maestro_sc.pl.nn_contingency`);
+        with ``False``, return it and leave ``sdata`` unchanged.
 
     Returns
     -------
-    dict with ``table`` (counts, DataFrame true × neighbour label), ``proportions`` (rows
-    normalised), ``agreement``, ``chance``, ``per_label`` (agreement per true label),
-    ``neighbors`` (Series: each sample's nearest other sample) and ``n``.
+    ``None`` with ``inplace=True``; else a dict with ``table`` (counts, DataFrame true ×
+    neighbour label), ``proportions`` (rows normalised), ``agreement``, ``chance``,
+    ``per_label`` (agreement per true label), ``neighbors`` (Series: each sample's nearest
+    other sample), ``n``, ``key``, ``use_rep`` and ``params``.
 
     Examples
     --------
     >>> import maestro_sc as mst
-    >>> adata = mst.datasets.synthetic_cohort(n_samples=24, random_state=0)
+    >>> adata = mst.datasets.synthetic_cohort(n_samples=16, random_state=0)
     >>> sdata = mst.tl.baseline_means(adata, "sample")
-    >>> res = mst.tl.nn_contingency(sdata, "diagnosis", use_rep="X_means")
-    >>> res["agreement"] >= 0  # doctest: +SKIP
+    >>> mst.tl.nn_contingency(sdata, "diagnosis", use_rep="X_means")
+    >>> table = mst.get.result_df(sdata, "nn_diagnosis_X_means")
+    >>> int(table.to_numpy().sum()), 0 <= table.attrs["agreement"] <= 1
+    (16, True)
+    >>> res = mst.tl.nn_contingency(sdata, "diagnosis", use_rep="X_means", inplace=False)
+    >>> res["agreement"] == table.attrs["agreement"]
     True
     """
     from sklearn.metrics import pairwise_distances
@@ -97,39 +104,15 @@ def nn_contingency(
     )
     table = table.reindex(index=order, columns=order, fill_value=0).astype(int)
     table.index.name, table.columns.name = key, f"neighbour {key}"
-    props = table.div(table.sum(axis=1).replace(0, np.nan), axis=0)
     counts = pd.Series(labels).value_counts().reindex(order).to_numpy(dtype=float)
-    chance = float(np.sum(counts / n * (counts - 1) / (n - 1)))
-    agreement = float(np.trace(table.to_numpy()) / table.to_numpy().sum())
-    per_label = pd.Series(np.diag(props.to_numpy()), index=order, name="agreement")
-    result = {
-        "table": table,
-        "proportions": props,
-        "agreement": agreement,
-        "chance": chance,
-        "per_label": per_label,
-        "neighbors": pd.Series(names[nn[:, 0]], index=names, name="nearest"),
-        "n": n,
-        "key": key,
-        "use_rep": use_rep,
-    }
-    if inplace:
-        uns_key = key_added or f"nn_{key}_{use_rep}"
-        warn_overwrite(sdata.uns, uns_key, "sdata.uns")
-        sdata.uns[uns_key] = h5ad_safe(
-            {
-                "labels": order,
-                "counts": table.to_numpy(),
-                "agreement": agreement,
-                "chance": chance,
-                "neighbors": result["neighbors"].to_numpy(),
-                "samples": np.asarray(names),
-                "params": {
-                    "key": key,
-                    "use_rep": use_rep,
-                    "metric": metric,
-                    "n_neighbors": int(n_neighbors),
-                },
-            }
-        )
-    return result
+    result = neighbor_result(
+        table,
+        neighbors=pd.Series(names[nn[:, 0]], index=names, name="nearest"),
+        agreement=float(np.trace(table.to_numpy()) / table.to_numpy().sum()),
+        chance=float(np.sum(counts / n * (counts - 1) / (n - 1))),
+        params={"key": key, "use_rep": use_rep, "metric": metric, "n_neighbors": int(n_neighbors)},
+    )
+    if not inplace:
+        return result
+    store_result(sdata, key_added or f"nn_{key}_{use_rep}", NEIGHBORS, result)
+    return None

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._results import h5ad_safe
-from .._utils import check_count, check_random_state, logger, warn_overwrite
+from .._results import PROBE, store_result
+from .._utils import check_count, check_random_state, logger
 from ._prepare import HUGE, check_penalty, exclude_mask, get_representation, obs_column
 
 Task = Literal["auto", "classification", "regression"]
@@ -227,7 +227,7 @@ def linear_probe(
     random_state: int = 0,
     key_added: str | None = None,
     inplace: bool = True,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Linear probe of a sample representation (paper 4.4 and F.3).
 
     A categorical target is predicted by logistic regression, a continuous one by ridge
@@ -266,11 +266,13 @@ def linear_probe(
     key_added
         Key of ``sdata.uns`` for the result (default ``f"probe_{target}_{use_rep}"``).
     inplace
-        Store the result in ``sdata.uns``.
+        Store the result in ``sdata.uns[key_added]`` and return ``None`` (read it back with
+        :func:`maestro_sc.get.result_df`, draw it with :func:`maestro_sc.pl.probe`); with
+        ``False``, return it and leave ``sdata`` unchanged.
 
     Returns
     -------
-    Tidy DataFrame with columns ``metric``, ``mean``, ``std`` (over folds), ``n_folds`` and
+    ``None`` with ``inplace=True``; else a tidy DataFrame with columns ``metric``, ``mean``, ``std`` (over folds), ``n_folds`` and
     ``chance``. Classification metrics: ``accuracy``, ``auroc`` (macro one-vs-rest; binary:
     AUROC), ``f1`` (macro) and ``f1_<class>`` per class; chance is the majority-class accuracy,
     0.5 and 1/k (per class: the class frequency). Regression metrics: ``mae`` (per fold) and
@@ -285,9 +287,15 @@ def linear_probe(
     >>> import maestro_sc as mst
     >>> adata = mst.datasets.synthetic_cohort(n_samples=24, random_state=0)
     >>> sdata = mst.tl.baseline_means(adata, sample_key="sample")
-    >>> res = mst.tl.linear_probe(sdata, "diagnosis", use_rep="X_means", n_repeats=2)
+    >>> mst.tl.linear_probe(sdata, "diagnosis", use_rep="X_means", n_repeats=2)
+    >>> res = mst.get.result_df(sdata, "probe_diagnosis_X_means")
     >>> res.set_index("metric").loc["accuracy", "mean"]  # doctest: +SKIP
     0.75
+    >>> same = mst.tl.linear_probe(
+    ...     sdata, "diagnosis", use_rep="X_means", n_repeats=2, inplace=False
+    ... )
+    >>> same["mean"].equals(res["mean"])
+    True
     """
     check_penalty(C, "C", positive=True)
     check_count(n_splits, "n_splits", minimum=2)
@@ -394,31 +402,7 @@ def linear_probe(
         "classes": classes,
         **params,
     }
-    if inplace:
-        key = key_added or f"probe_{target}_{use_rep}"
-        warn_overwrite(sdata.uns, key, "sdata.uns")
-        sdata.uns[key] = h5ad_safe(
-            {"table": table, "folds": folds, "classes": classes, "params": params}
-        )
-    return table
-
-
-def probe_from_uns(sdata: Any, key: str) -> pd.DataFrame:
-    """Rebuild the table of :func:`linear_probe` stored under ``sdata.uns[key]``.
-
-    Examples
-    --------
-    >>> res = probe_from_uns(sdata, "probe_diagnosis_X_maestro")  # doctest: +SKIP
-    """
-    if key not in sdata.uns:
-        raise KeyError(f"{key!r} is not in sdata.uns; run mst.tl.linear_probe first.")
-    stored = sdata.uns[key]
-    table = pd.DataFrame({c: np.asarray(v) for c, v in stored["table"].items()})
-    table["metric"] = table["metric"].astype(str)
-    folds = pd.DataFrame({c: np.asarray(v) for c, v in stored["folds"].items()})
-    table.attrs = {
-        "folds": {c: folds[c].tolist() for c in folds.columns},
-        "classes": [str(c) for c in np.atleast_1d(stored.get("classes", []))],
-        **dict(stored.get("params", {})),
-    }
-    return table
+    if not inplace:
+        return table
+    store_result(sdata, key_added or f"probe_{target}_{use_rep}", PROBE, table)
+    return None

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._results import h5ad_safe
-from .._utils import check_count, check_random_state, warn_overwrite
+from .._results import RETRIEVAL, store_result
+from .._utils import check_count, check_random_state
 from ._prepare import celltype_proportions, check_penalty, exclude_mask, get_representation
 
 #: Index label of the row that averages the per-cell-type errors in :func:`celltype_retrieval`.
@@ -73,7 +73,7 @@ def celltype_retrieval(
     mod: str | None = None,
     key_added: str | None = None,
     inplace: bool = True,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Predict each sample's cell-type proportions from its representation (paper 4.5, F.5).
 
     The ground truth is the proportion of each ``cell_type_key`` value among a sample's cells.
@@ -110,11 +110,13 @@ def celltype_retrieval(
         Key of ``sdata.uns`` for the result (default
         ``f"retrieval_{cell_type_key}_{use_rep}"``).
     inplace
-        Store the result in ``sdata.uns``.
+        Store the result in ``sdata.uns[key_added]`` and return ``None`` (read it back with
+        :func:`maestro_sc.get.result_df`, draw it with :func:`maestro_sc.pl.celltype_retrieval`);
+        with ``False``, return it and leave ``sdata`` unchanged.
 
     Returns
     -------
-    DataFrame indexed by cell type, plus a last row ``"(mean)"`` averaging the cell types, with
+    ``None`` with ``inplace=True``; else a DataFrame indexed by cell type, plus a last row ``"(mean)"`` averaging the cell types, with
     columns ``mae`` (mean absolute error of the predicted proportion), ``mae_mean_predictor``
     (of the training-mean prediction), ``relative_mae`` (their ratio: below 1 beats the mean)
     and ``mean_proportion``.
@@ -124,9 +126,10 @@ def celltype_retrieval(
     >>> import maestro_sc as mst
     >>> adata = mst.datasets.synthetic_cohort(n_samples=24, random_state=0)
     >>> sdata = mst.tl.baseline_kmeans(adata, "sample", n_clusters=16)
-    >>> res = mst.tl.celltype_retrieval(
-    ...     sdata, adata, "sample", "cell_type", use_rep="X_kmeans16"
-    ... )  # doctest: +SKIP
+    >>> mst.tl.celltype_retrieval(sdata, adata, "sample", "cell_type", use_rep="X_kmeans16")
+    >>> res = mst.get.result_df(sdata, "retrieval_cell_type_X_kmeans16")
+    >>> res.columns.tolist()
+    ['mae', 'mae_mean_predictor', 'relative_mae', 'mean_proportion']
     >>> res.loc["(mean)", "relative_mae"]  # doctest: +SKIP
     0.4
     """
@@ -198,9 +201,7 @@ def celltype_retrieval(
         "n_samples": int(n),
     }
     table.attrs = dict(params)
-    if inplace:
-        key = key_added or f"retrieval_{cell_type_key}_{use_rep}"
-        warn_overwrite(sdata.uns, key, "sdata.uns")
-        stored = table.reset_index()
-        sdata.uns[key] = h5ad_safe({"table": stored, "params": params})
-    return table
+    if not inplace:
+        return table
+    store_result(sdata, key_added or f"retrieval_{cell_type_key}_{use_rep}", RETRIEVAL, table)
+    return None
