@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny two-type cohort and the path to the shared real data."""
+"""Shared fixtures: a tiny two-type cohort, a tiny model to train on it, the shared real data."""
 
 from __future__ import annotations
 
@@ -32,9 +32,40 @@ def tiny_cohort(n_samples: int = 8, n_cells: int = 300, n_markers: int = 5, seed
     return ad.AnnData(np.concatenate(blocks), obs=obs, var=var)
 
 
+#: Model settings small enough to train on :func:`tiny_cohort` in about a second.
+TINY = dict(
+    latent_dim=16,
+    ff_dim=32,
+    n_heads=2,
+    n_inducing=8,
+    n_sub=64,
+    head_dim=32,
+    batch_size=4,
+    min_steps=0,
+    n_prototypes=8,
+)
+#: Width of a TINY model's embedding: z and the prototype composition.
+EMBED_DIM = TINY["latent_dim"] + TINY["n_prototypes"]
+
+
+def train_tiny(adata, **kw):
+    """``mst.tl.pretrain`` of a TINY model (``cpu`` preset, 2 epochs, seed 0) on ``adata``."""
+    import maestro_sc as mst
+
+    args = dict(preset="cpu", max_epochs=2, progress=False, random_state=0, **TINY)
+    args.update(kw)
+    return mst.tl.pretrain(adata, "sample", **args)
+
+
 @pytest.fixture
 def cohort():
     return tiny_cohort()
+
+
+@pytest.fixture
+def train():
+    """Train a TINY model: ``train(adata, **pretrain_arguments)`` (see :func:`train_tiny`)."""
+    return train_tiny
 
 
 @pytest.fixture(scope="session")

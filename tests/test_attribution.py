@@ -7,10 +7,8 @@ import pytest
 
 import maestro_sc as mst
 
-from .test_train import train
 
-
-def test_scores_average_one_per_sample(cohort):
+def test_scores_average_one_per_sample(cohort, train):
     model = train(cohort, max_epochs=1, n_prototypes=0)
     before = cohort.copy()
     out = mst.tl.cell_attribution(cohort, model, "sample", copy=True, progress=False)
@@ -24,7 +22,7 @@ def test_scores_average_one_per_sample(cohort):
     np.testing.assert_allclose(cohort.obs["maestro_attribution"], scores, rtol=1e-6)
 
 
-def test_composition_scores_mark_enriched_cells(cohort):
+def test_composition_scores_mark_enriched_cells(cohort, train):
     model = train(cohort, max_epochs=1, n_prototypes=8, readout="pma+proto")
     out = mst.tl.cell_attribution(cohort, model, "sample", copy=True, progress=False)
     auto = out.obs["maestro_attribution"].to_numpy()
@@ -50,7 +48,7 @@ def test_composition_scores_mark_enriched_cells(cohort):
         mst.tl.cell_attribution(one, model, "sample", progress=False)
 
 
-def test_scores_follow_cell_order_not_sample_order(cohort):
+def test_scores_follow_cell_order_not_sample_order(cohort, train):
     model = train(cohort, max_epochs=1)
     shuffled = cohort[np.random.default_rng(0).permutation(cohort.n_obs)].copy()
     a = mst.tl.cell_attribution(cohort, model, "sample", copy=True, progress=False)
@@ -63,7 +61,7 @@ def test_scores_follow_cell_order_not_sample_order(cohort):
     )
 
 
-def test_bad_inputs(cohort):
+def test_bad_inputs(cohort, train):
     model = train(cohort, max_epochs=1, n_prototypes=0)
     with pytest.raises(TypeError, match="MaestroModel"):
         mst.tl.cell_attribution(cohort, "model", "sample")

@@ -7,8 +7,6 @@ import numpy as np
 
 from maestro_sc.cli import build_parser, main
 
-from .test_train import train
-
 
 def test_parser_knows_the_commands():
     parser = build_parser()
@@ -32,7 +30,7 @@ def test_pretrain_then_embed(cohort, tmp_path, capsys):
     assert "8 sample embeddings" in capsys.readouterr().out
 
 
-def test_errors_are_messages_not_tracebacks(cohort, tmp_path, capsys):
+def test_errors_are_messages_not_tracebacks(cohort, tmp_path, capsys, train):
     cells = tmp_path / "cells.h5ad"
     cohort.write_h5ad(cells)
     model = train(cohort, max_epochs=1)

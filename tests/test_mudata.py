@@ -18,8 +18,7 @@ import pytest
 
 import maestro_sc as mst
 
-from .conftest import tiny_cohort
-from .test_train import TINY
+from .conftest import TINY, tiny_cohort
 
 FAST = dict(preset="cpu", max_epochs=1, progress=False, **TINY)
 

@@ -32,8 +32,7 @@ from scipy import sparse
 
 import maestro_sc as mst
 
-from .conftest import tiny_cohort
-from .test_train import EMBED_DIM, TINY
+from .conftest import EMBED_DIM, TINY, tiny_cohort
 
 ALLOWED = (ValueError, KeyError, TypeError)
 FAST = dict(preset="cpu", max_epochs=1, progress=False, **TINY)

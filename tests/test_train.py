@@ -13,30 +13,10 @@ import pytest
 import maestro_sc as mst
 from maestro_sc.tl import MaestroModel
 
-from .conftest import tiny_cohort
-
-TINY = dict(
-    latent_dim=16,
-    ff_dim=32,
-    n_heads=2,
-    n_inducing=8,
-    n_sub=64,
-    head_dim=32,
-    batch_size=4,
-    min_steps=0,
-    n_prototypes=8,
-)
-#: Width of a TINY model's embedding: z and the prototype composition.
-EMBED_DIM = TINY["latent_dim"] + TINY["n_prototypes"]
+from .conftest import TINY, tiny_cohort
 
 
-def train(adata, **kw):
-    args = dict(preset="cpu", max_epochs=2, progress=False, random_state=0, **TINY)
-    args.update(kw)
-    return mst.tl.pretrain(adata, "sample", **args)
-
-
-def test_pretrain_history_and_embed(cohort):
+def test_pretrain_history_and_embed(cohort, train):
     model = train(cohort)
     assert isinstance(model, MaestroModel)
     assert model.markers == list(cohort.var_names)
@@ -67,7 +47,7 @@ def test_embed_samples_output(cohort):
     assert before.obs.equals(cohort.obs) and before.uns.keys() == cohort.uns.keys()
 
 
-def test_embedding_is_deterministic_and_bitwise_after_save_load(cohort, tmp_path):
+def test_embedding_is_deterministic_and_bitwise_after_save_load(cohort, tmp_path, train):
     model = train(cohort)
     z1 = model.embed(cohort, "sample", progress=False).to_numpy()
     z2 = model.embed(cohort, "sample", progress=False).to_numpy()
@@ -79,7 +59,7 @@ def test_embedding_is_deterministic_and_bitwise_after_save_load(cohort, tmp_path
     assert len(loaded.history) == len(model.history)
 
 
-def test_same_seed_same_model(cohort):
+def test_same_seed_same_model(cohort, train):
     a = train(cohort).embed(cohort, "sample", progress=False).to_numpy()
     b = train(cohort).embed(cohort, "sample", progress=False).to_numpy()
     np.testing.assert_array_equal(a, b)
@@ -101,7 +81,7 @@ def interrupt_at(monkeypatch, step):
     monkeypatch.setattr(MaestroTrainingPlan, "training_step", interrupting)
 
 
-def test_resume_equals_uninterrupted(cohort, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(cohort, tmp_path, monkeypatch, train):
     full = train(cohort, max_epochs=4)
     # killed mid-epoch 3 (step 5 of 8): last.ckpt holds the end of epoch 2
     with monkeypatch.context() as patch:
@@ -116,7 +96,7 @@ def test_resume_equals_uninterrupted(cohort, tmp_path, monkeypatch):
     np.testing.assert_allclose(full.history["loss"], resumed.history["loss"], rtol=1e-4)
 
 
-def test_keyboard_interrupt_leaves_usable_model(cohort, monkeypatch):
+def test_keyboard_interrupt_leaves_usable_model(cohort, monkeypatch, train):
     interrupt_at(monkeypatch, 2)
     with pytest.warns(UserWarning, match="interrupted"):
         model = train(cohort, max_epochs=3)
@@ -124,13 +104,13 @@ def test_keyboard_interrupt_leaves_usable_model(cohort, monkeypatch):
     assert np.isfinite(model.embed(cohort, "sample", progress=False).to_numpy()).all()
 
 
-def test_untrained_control(cohort):
+def test_untrained_control(cohort, train):
     model = train(cohort, max_epochs=0)
     assert model.summary["steps"] == 0 and len(model.history) == 0
     assert np.isfinite(model.embed(cohort, "sample", progress=False).to_numpy()).all()
 
 
-def test_small_samples_oversampled_and_tiny_ones_skipped():
+def test_small_samples_oversampled_and_tiny_ones_skipped(train):
     adata = tiny_cohort(n_samples=6, n_cells=30)  # 30-65 cells < n_sub=64: used whole/oversampled
     small = adata[~((adata.obs["sample"] == "s0") & (adata.obs["cell"] >= 10))].copy()
     with pytest.warns(UserWarning, match="s0"):
@@ -142,7 +122,7 @@ def test_small_samples_oversampled_and_tiny_ones_skipped():
     assert model.embed(small, "sample", progress=False).shape[0] == 6
 
 
-def test_panel_mismatch_and_reorder(cohort):
+def test_panel_mismatch_and_reorder(cohort, train):
     model = train(cohort, max_epochs=1)
     reordered = cohort[:, list(reversed(cohort.var_names))].copy()
     np.testing.assert_allclose(
@@ -159,7 +139,7 @@ def test_panel_mismatch_and_reorder(cohort):
         model.embed(extra, "sample", progress=False)
 
 
-def test_bad_inputs(cohort):
+def test_bad_inputs(cohort, train):
     with pytest.raises(KeyError, match="kind"):  # the message lists the obs columns
         mst.tl.pretrain(cohort, "donor", progress=False)
     one = cohort[cohort.obs["sample"] == "s0"].copy()
@@ -175,7 +155,7 @@ def test_bad_inputs(cohort):
         mst.tl.embed_samples(cohort, "sample", model="not a model")
 
 
-def test_custom_key_added(cohort):
+def test_custom_key_added(cohort, train):
     model = train(cohort, max_epochs=1)
     sdata = mst.tl.embed_samples(
         cohort, "sample", model=model, key_added="X_mine", progress=False, umap=False
@@ -185,7 +165,7 @@ def test_custom_key_added(cohort):
     assert sdata.uns["maestro"]["key_added"] == "X_mine"
 
 
-def test_corrupted_or_foreign_model_folder(cohort, tmp_path):
+def test_corrupted_or_foreign_model_folder(cohort, tmp_path, train):
     model = train(cohort, max_epochs=1)
     path = model.save(tmp_path / "m")
     weights = path / "model.safetensors"
@@ -311,7 +291,7 @@ def test_save_model_folder_is_checked_before_training(tmp_path, monkeypatch):
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
 
 
-def test_training_arguments_with_a_model_raise_before_anything_is_done(cohort, tmp_path):
+def test_training_arguments_with_a_model_raise_before_anything_is_done(cohort, tmp_path, train):
     model = train(cohort, max_epochs=1)
     before = cohort.copy()
     for kwargs in [
