@@ -55,6 +55,8 @@ ARMS: dict[str, dict] = {
     "c_proto_lr10": {"proto_lr_scale": 10.0},
     # (d) sample-level contrastive objective on the embedding
     "d_contrastive": {"w_con": 1.0},
+    # (c) + (d) contrastive, and prototypes with 10x their learning rate
+    "cd_contrastive_proto_lr10": {"w_con": 1.0, "proto_lr_scale": 10.0},
     # (d) + (e) contrastive with per-view marker offsets and gains
     "de_contrastive_jitter": {"w_con": 1.0, "view_shift": 0.15, "view_scale": 0.05},
     # (e) the batch shortcut: per-view marker offsets and gains at a larger scale
@@ -264,10 +266,10 @@ def table() -> str:
         lines.append(
             "| arm | runs | steps | acc | AUROC | AUROC abundance | AUROC rare | "
             "AUROC intensity | same-batch NN | teacher H / log K | KL | proto drift | "
-            "con acc | acc − untrained [95 % CI] | acc − best baseline [95 % CI] | "
-            "intensity AUROC − untrained [95 % CI] |"
+            "con acc | acc, z part | acc, composition part | acc − untrained [95 % CI] | "
+            "acc − best baseline [95 % CI] | intensity AUROC − untrained [95 % CI] |"
         )
-        lines.append("|---|---:|---:|" + "---:|" * 13)
+        lines.append("|---|---:|---:|" + "---:|" * 15)
         arms = ["untrained", *ARMS, *BASELINES]
         by = {(r["arm"], r["cohort"], r["train_seed"]): r for r in sub}
 
@@ -287,6 +289,9 @@ def table() -> str:
             for k in ("teacher_entropy_frac", "kl", "proto_drift", "con_acc"):
                 v = [r["end"][k] for r in runs if k in r.get("end", {})]
                 cells.append(f"{np.mean(v):.3g}" if v else "")
+            for part in ("z", "comp"):
+                v = [r[part]["acc"] for r in runs if part in r]
+                cells.append(f"{np.mean(v):.3f} (n={len(v)})" if v else "")
             d_untr, d_base, d_int = [], [], []
             for r in runs:
                 u = by.get(("untrained", r["cohort"], r["train_seed"]))
@@ -300,9 +305,43 @@ def table() -> str:
             steps = runs[0].get("steps", "")
             lines.append(f"| {arm} | {len(runs)} | {steps} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _codebook_table()
     text = "\n".join(lines)
     TABLE.write_text(text + "\n")
     return text
+
+
+def _codebook_table() -> list[str]:
+    """The codebook readout of each arm, paired with the untrained control's."""
+    path = RESULTS / "learning_codebook.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = ["### Codebook readout: k-means(128) of the teacher's input-layer cell states", ""]
+    lines.append(
+        "| data | arm | runs | acc | AUROC intensity | same-batch NN | "
+        "acc − untrained codebook [95 % CI] |"
+    )
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    by = {(r["difficulty"], r["arm"], r["cohort"], r["train_seed"]): r for r in rows}
+    for difficulty in sorted({r["difficulty"] for r in rows}):
+        for arm in ["untrained", *ARMS]:
+            runs = [r for r in rows if r["arm"] == arm and r["difficulty"] == difficulty]
+            if not runs:
+                continue
+            diffs = [
+                r["acc"] - by[(difficulty, "untrained", r["cohort"], r["train_seed"])]["acc"]
+                for r in runs
+                if (difficulty, "untrained", r["cohort"], r["train_seed"]) in by
+            ]
+            acc = np.mean([r["acc"] for r in runs])
+            intensity = np.mean([r["auroc_intensity"] for r in runs])
+            same = np.mean([r["same_batch"] for r in runs])
+            lines.append(
+                f"| {difficulty} | {arm} | {len(runs)} | {acc:.3f} | {intensity:.3f} | "
+                f"{same:.3f} | {_interval(diffs) if diffs else ''} |"
+            )
+    return [*lines, ""]
 
 
 def jobs(arms: list[str], cohorts: list[int], difficulty: str, seeds: list[int]) -> None:
