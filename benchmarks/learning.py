@@ -232,6 +232,12 @@ def rescore(difficulty: str, n_samples: int) -> None:
             sdata.obsm["C0"] = codebook_readout(model.net, adata, seed=seed)
             record = {"arm": arm, "difficulty": difficulty, "cohort": cohort,
                       "train_seed": seed, **score(sdata, "C0")}  # fmt: skip
+            emb = model.embed(adata, "sample", progress=False).to_numpy()
+            dim = model.config.latent_dim
+            for part, cols in (("z", slice(0, dim)), ("comp", slice(dim, None))):
+                if emb.shape[1] > dim:
+                    sdata.obsm[f"Z_{part}"] = emb[:, cols]
+                    record[part] = score(sdata, f"Z_{part}")
             with out.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)
