@@ -18,7 +18,7 @@ _CHOICES = {
     "decoder": ("queries", "paper"),
     "decoder_block": ("sab", "isab"),
     "mask_mode": ("block", "random", "none"),
-    "readout": ("pma", "pma+mass", "pma+proto"),
+    "readout": ("pma", "pma+mass", "pma+proto", "codebook", "pma+codebook"),
     "embed_with": ("teacher", "student"),
     "dtype": ("float32", "bfloat16", "float16"),
 }
@@ -46,6 +46,11 @@ class MaestroConfig:
         ``K`` of prototype pooling (:mod:`maestro_sc.model.prototypes`, not in the paper): the
         cells' soft counts over ``K`` learned marker profiles, projected and added to ``z``.
         0 (paper) leaves it out.
+    n_codebook
+        ``K`` of the codebook readout (not in the paper; 0 = none): after training, k-means
+        with ``K`` centres is fitted on the teacher encoder's input-layer cell states (the
+        learned ``Linear(d -> D)``), and a sample's embedding is its centred log-ratio
+        composition over these cell states (readouts ``"codebook"`` and ``"pma+codebook"``).
     decoder
         ``"queries"`` (learned Gaussian queries, any set size) or ``"paper"`` (PMA with
         ``n_sub`` learned seeds, paper eq. 9 and F.2).
@@ -94,7 +99,9 @@ class MaestroConfig:
         ``"pma"`` (paper: the embedding is the PMA output ``z``) or ``"pma+mass"`` (``z``
         concatenated with the mean attention of the cells over the last ISAB's inducing points,
         per head, a composition-aware readout) or ``"pma+proto"`` (``z`` concatenated with the
-        prototype composition; needs ``n_prototypes > 0``).
+        prototype composition; needs ``n_prototypes > 0``), ``"codebook"`` (the composition over
+        the codebook of learned cell states alone; needs ``n_codebook > 0``) or
+        ``"pma+codebook"`` (``z`` concatenated with it).
     mass_log
         For ``"pma+mass"``: centred log-proportions (``True``) or proportions (``False``).
     embed_with
@@ -130,6 +137,7 @@ class MaestroConfig:
     n_inducing: int = 32
     n_isab: int = 3
     n_prototypes: int = 0
+    n_codebook: int = 0
     decoder: str = "queries"
     decoder_depth: int = 3
     decoder_block: str = "sab"
@@ -211,6 +219,13 @@ class MaestroConfig:
                 "readout='pma+proto' needs prototype pooling: set n_prototypes >= 1 "
                 "(e.g. 64), or choose readout='pma'."
             )
+        if self.n_codebook < 0:
+            raise ValueError(f"n_codebook must be >= 0, got {self.n_codebook}.")
+        if self.readout in ("codebook", "pma+codebook") and self.n_codebook < 1:
+            raise ValueError(
+                f"readout={self.readout!r} needs a codebook: set n_codebook >= 2 (e.g. 128), "
+                "or choose readout='pma'."
+            )
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
         if not 0.0 <= self.ema_momentum <= 1.0 or not 0.0 <= self.ema_final <= 1.0:
@@ -223,10 +238,14 @@ class MaestroConfig:
     @property
     def embedding_dim(self) -> int:
         """Width ``E`` of a sample embedding: ``D``, plus ``heads * m`` for ``"pma+mass"`` or
-        ``K`` for ``"pma+proto"``."""
-        extra = {"pma+mass": self.n_heads * self.n_inducing, "pma+proto": self.n_prototypes}.get(
-            self.readout, 0
-        )
+        ``K`` for ``"pma+proto"`` / ``"pma+codebook"``; ``n_codebook`` for ``"codebook"``."""
+        if self.readout == "codebook":
+            return self.n_codebook
+        extra = {
+            "pma+mass": self.n_heads * self.n_inducing,
+            "pma+proto": self.n_prototypes,
+            "pma+codebook": self.n_codebook,
+        }.get(self.readout, 0)
         return self.latent_dim + extra
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import copy
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -54,8 +55,8 @@ class Maestro(nn.Module):
     >>> model.encode(torch.randn(1000, 5)).shape  # z (16) and the composition (8)
     torch.Size([24])
     >>> out = model.training_loss(torch.randn(2, 64, 5), [torch.randn(300, 5)] * 2)
-    >>> sorted(out)[:3]
-    ['loss', 'ot_iters', 'rec']
+    >>> [k for k in ("loss", "rec", "sd", "kl") if k in out]
+    ['loss', 'rec', 'sd', 'kl']
     """
 
     def __init__(self, config: MaestroConfig) -> None:
@@ -83,6 +84,8 @@ class Maestro(nn.Module):
         self.decoder = build_decoder(config)
         self.teacher_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        if config.n_codebook:
+            self.register_buffer("codebook", torch.zeros(config.n_codebook, dim))
 
     # -- scaling ----------------------------------------------------------------------------
 
@@ -124,6 +127,104 @@ class Maestro(nn.Module):
             return
         self.encoder.proto.initialize(self.standardize(cells), random_state)
         self.teacher_encoder.proto.load_state_dict(self.encoder.proto.state_dict())
+
+    @torch.no_grad()
+    def fit_codebook(self, cells: Tensor, random_state: int = 0) -> None:
+        """Fit the codebook readout: k-means of the teacher's input-layer states of raw ``cells``.
+
+        ``cells`` ``(N, d)`` should be a pooled subsample of the training cells with every
+        sample represented. Does nothing without a codebook (``config.n_codebook == 0``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                     n_codebook=5, readout="codebook")
+        >>> model = Maestro(cfg)
+        >>> model.fit_codebook(torch.randn(500, 3))
+        >>> model.encode(torch.randn(40, 3)).shape
+        torch.Size([5])
+        """
+        if not self.config.n_codebook:
+            return
+        from sklearn.cluster import MiniBatchKMeans
+
+        states = self.teacher_encoder.embed(self.standardize(cells)).double().cpu().numpy()
+        if states.shape[0] == 0 or not np.isfinite(states).all():
+            raise ValueError("Fitting the codebook needs finite cells; got none or non-finite.")
+        k = self.config.n_codebook
+        distinct = np.unique(states, axis=0)
+        if len(distinct) <= k:
+            centers = distinct[np.arange(k) % len(distinct)]
+        else:
+            km = MiniBatchKMeans(k, batch_size=4096, n_init=3, random_state=random_state)
+            centers = km.fit(states).cluster_centers_
+        self.codebook.copy_(torch.from_numpy(centers).to(self.codebook))
+
+    def codebook_composition(
+        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
+    ) -> Tensor:
+        """Centred log-ratio composition ``(K,)`` of one sample's raw cells over the codebook.
+
+        Each cell is assigned to its nearest codebook state (in the input-layer space of the
+        chosen encoder); the composition is ``log(p + 1/(4K)) - mean_k log(p + 1/(4K))``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                     n_codebook=4, readout="codebook")
+        >>> model = Maestro(cfg)
+        >>> model.fit_codebook(torch.randn(200, 3))
+        >>> round(float(model.codebook_composition(torch.randn(30, 3)).sum()), 4)
+        0.0
+        """
+        if not self.config.n_codebook:
+            raise ValueError("This model has no codebook (n_codebook=0).")
+        return self._codebook_counts(self._cells(x), which, chunk_size)[0]
+
+    @torch.no_grad()
+    def codebook_assignments(
+        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
+    ) -> Tensor:
+        """Index ``(n,)`` of each raw cell's nearest codebook state.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from maestro_sc.model import Maestro, MaestroConfig
+        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
+        ...                     n_codebook=4, readout="codebook")
+        >>> model = Maestro(cfg)
+        >>> model.fit_codebook(torch.randn(200, 3))
+        >>> model.codebook_assignments(torch.randn(30, 3)).shape
+        torch.Size([30])
+        """
+        if not self.config.n_codebook:
+            raise ValueError("This model has no codebook (n_codebook=0).")
+        return self._assign(self._cells(x)[0], which, chunk_size)
+
+    def _assign(self, cells: Tensor, which: str | None, chunk_size: int | None) -> Tensor:
+        """Nearest codebook state of standardised cells ``(n, d)``."""
+        embed = self._encoder(which).embed
+        size = chunk_size or self.config.chunk_size
+        c = self.codebook.float()
+        c2 = (c * c).sum(-1)
+        out = []
+        for sl in chunks(cells.shape[0], size):
+            h = embed(cells[sl]).float()
+            out.append((c2 - 2 * h @ c.T).argmin(dim=1))  # ||h||^2 is the same for every code
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def _codebook_counts(self, cells: Tensor, which: str | None, chunk_size: int | None) -> Tensor:
+        k = self.config.n_codebook
+        labels = self._assign(cells[0], which, chunk_size)
+        p = torch.bincount(labels, minlength=k).float() / max(1, labels.numel())
+        log_p = (p + 1.0 / (4 * k)).log()
+        return (log_p - log_p.mean()).unsqueeze(0)
 
     # -- embedding --------------------------------------------------------------------------
 
@@ -187,13 +288,18 @@ class Maestro(nn.Module):
         torch.Size([8])
         """
         cells = self._cells(x)
-        mass = self.config.readout == "pma+mass"
+        readout = self.config.readout
+        if readout == "codebook":  # the learned input layer only: no attention needed
+            return self._codebook_counts(cells, which, chunk_size)[0]
+        mass = readout == "pma+mass"
         encoder, chunk = self._encoder(which), chunk_size or self.config.chunk_size
         comp = None if encoder.proto is None else encoder.proto.streamed(cells, chunk)
         with self._autocast():
             out = encoder.streamed(cells, chunk, with_mass=mass, composition=comp)
         z, m = out if mass else (out, None)
-        return self._readout(z, m, comp if self.config.readout == "pma+proto" else None)[0]
+        if readout == "pma+codebook":
+            return torch.cat([z.float(), self._codebook_counts(cells, which, chunk_size)], 1)[0]
+        return self._readout(z, m, comp if readout == "pma+proto" else None)[0]
 
     def encode_batch(self, x: Tensor, which: str | None = None) -> Tensor:
         """Embeddings ``(B, E)`` of equally sized raw sets ``(B, n, d)`` in one forward pass.
@@ -210,6 +316,14 @@ class Maestro(nn.Module):
         torch.Size([2, 8])
         """
         encoder = self._encoder(which)
+        if self.config.readout in ("codebook", "pma+codebook"):
+            # hard assignments carry no gradient: the codebook readout of each set
+            cb = torch.cat([self._codebook_counts(self.standardize(s)[None], which, None)
+                            for s in x])  # fmt: skip
+            if self.config.readout == "codebook":
+                return cb
+            z = self.encode_batch_z(x, which)
+            return torch.cat([z.float(), cb], dim=1)
         mass = self.config.readout == "pma+mass"
         grad = contextlib.nullcontext() if encoder is self.encoder else torch.no_grad()
         with grad:
@@ -218,6 +332,13 @@ class Maestro(nn.Module):
             out = encoder(cells, with_mass=mass, composition=comp)
         z, m = out if mass else (out, None)
         return self._readout(z, m, comp if self.config.readout == "pma+proto" else None)
+
+    def encode_batch_z(self, x: Tensor, which: str | None = None) -> Tensor:
+        """The pooled vectors ``z`` ``(B, D)`` of equally sized raw sets ``(B, n, d)``."""
+        encoder = self._encoder(which)
+        grad = contextlib.nullcontext() if encoder is self.encoder else torch.no_grad()
+        with grad:
+            return encoder(self.standardize(x))
 
     @torch.no_grad()
     def cell_scores(
@@ -371,7 +492,10 @@ class Maestro(nn.Module):
         -------
         ``loss`` (with grad), ``rec``, ``sd``, ``z_std`` (mean over dimensions of the std of
         student ``z`` across the batch's views), ``teacher_entropy`` (of the centred, sharpened
-        teacher distribution, nats), ``ot_iters``.
+        teacher distribution, nats), ``teacher_entropy_frac`` (the same over its maximum
+        ``log K``), ``kl`` (``sd`` minus the teacher entropy: the part of the distillation loss
+        the student can still lower), ``ot_iters``; with ``w_con > 0`` also ``con`` and
+        ``con_acc`` (:func:`~maestro_sc.model.distill.contrastive_loss`).
 
         Examples
         --------

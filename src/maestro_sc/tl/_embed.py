@@ -323,6 +323,8 @@ def _pretrain(
     if config.n_prototypes:
         step = max(1, len(pooled) // _PROTOTYPE_CELLS)
         net.init_prototypes(torch.from_numpy(np.ascontiguousarray(pooled[::step])), random_state)
+    # the codebook readout is fitted after training, on the same pooled cells
+    codebook_cells = pooled if config.n_codebook else None
     del pooled
 
     steps_per_epoch = config.steps_per_epoch or max(
@@ -408,7 +410,10 @@ def _pretrain(
     }
     if len(history):
         summary["final_loss"] = float(history["loss"].iloc[-1])
-    model = MaestroModel(net.cpu(), index.markers, history=history, summary=summary)
+    net = net.cpu()
+    if codebook_cells is not None:
+        net.fit_codebook(torch.from_numpy(np.ascontiguousarray(codebook_cells)), random_state)
+    model = MaestroModel(net, index.markers, history=history, summary=summary)
     if sigterm:
         _save_and_terminate(model, trainer, checkpoint_dir, sigterm_dir, sigterm_handler)
     return model, index
