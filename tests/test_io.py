@@ -216,7 +216,7 @@ def test_int_decoder_matches_flowio(name):
     """maestro_sc's integer decoder gives flowio's values (masking included) for 8/16/32 bits."""
     import flowio
 
-    from maestro_sc.io._fcs import _decode_int_data
+    from maestro_sc.io._fcs_events import _decode_int_data
 
     path = ZOO / name
     adata = _quiet_read(path)
@@ -563,7 +563,7 @@ def test_int_mixed_widths_up_to_64_bits(tmp_path, byteord):
     expected = np.array(columns, dtype=np.uint64).T.astype(np.float64).astype(np.float32)
     np.testing.assert_array_equal(adata.X, expected)
 
-    from maestro_sc.io._fcs import _decode_int_data
+    from maestro_sc.io._fcs_events import _decode_int_data
 
     # Before the float32 of AnnData's X: exact up to 53 bits.
     raw = path.read_bytes()

@@ -8,7 +8,7 @@ import pytest
 
 import maestro_sc as mst
 from maestro_sc._spill import parse_spill
-from maestro_sc.io._fcs import _parse_spill
+from maestro_sc.io._fcs_text import _parse_spill
 from maestro_sc.pp._compensate import as_spillover
 
 EXPECTED = [[1.0, 0.1], [0.05, 1.0]]
