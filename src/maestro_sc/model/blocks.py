@@ -104,6 +104,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``W_down (SiLU(x W_gate) * x W_up)``, same shape as ``x``."""
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
 
@@ -127,6 +128,7 @@ class MAB(nn.Module):
         return self.norm2(h + self.ff(h))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """``MAB(X, Y)``: queries ``x`` ``(B, n, D)`` attend to ``y`` ``(B, m, D)``."""
         return self.finish(x, self.attn(x, y))
 
     def streamed(self, x: Tensor, y: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -146,6 +148,7 @@ class SAB(nn.Module):
         self.mab = MAB(dim, n_heads, ff_dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``SAB(X)``, same shape as ``x``."""
         return self.mab(x, x)
 
 
@@ -170,6 +173,7 @@ class ISAB(nn.Module):
         return self.mab_induce.streamed(self.inducing.expand(x.shape[0], -1, -1), x, chunk_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``ISAB_m(X)``, same shape as ``x``."""
         return self.mab_cells(x, self.induced(x))
 
 
@@ -182,6 +186,7 @@ class PMA(nn.Module):
         self.mab = MAB(dim, n_heads, ff_dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``PMA_k(X)``, shape ``(B, k, D)``."""
         return self.mab(self.seeds.expand(x.shape[0], -1, -1), x)
 
     def streamed(self, x: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:

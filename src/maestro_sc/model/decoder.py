@@ -79,8 +79,9 @@ class QueryDecoder(nn.Module):
 
 
 class PaperDecoder(nn.Module):
-    """Decoder of paper eq. 9 / F.2: copy ``z`` / mask token, ``PMA_{n_sub}``, ``SAB x 3``,
-    ``Linear``.
+    """Decoder of paper eq. 9 / F.2.
+
+    Copy ``z`` / mask token, ``PMA_{n_sub}``, ``SAB x 3``, ``Linear``.
 
     Examples
     --------
@@ -114,8 +115,11 @@ class PaperDecoder(nn.Module):
         generator: torch.Generator | None = None,
         mask_token: Tensor | None = None,
     ) -> Tensor:
-        """Reconstruct ``(B, n_sub, d)`` from ``z`` ``(B, D)``, the masks ``(B, n)`` and the
-        encoder's mask token ``(D,)`` (paper F.2: "use the masking token")."""
+        """Reconstruct ``(B, n_sub, d)`` from ``z`` ``(B, D)``.
+
+        Also takes the masks ``(B, n)`` and the encoder's mask token ``(D,)`` (paper F.2: "use
+        the masking token").
+        """
         if mask_token is None:
             raise ValueError("PaperDecoder needs the encoder's mask_token (paper F.2).")
         copied = torch.where(mask.unsqueeze(-1), mask_token.to(z.dtype), z.unsqueeze(1))

@@ -54,8 +54,11 @@ class PrototypePool(nn.Module):
         self.eps = 1.0 / (4 * n_prototypes)
 
     def assignments(self, x: Tensor) -> Tensor:
-        """Soft assignment ``(..., n, K)`` of standardised cells ``(..., n, d)``, in float32
-        (also under autocast: squared distances lose too much in half precision)."""
+        """Soft assignment ``(..., n, K)`` of standardised cells ``(..., n, d)``.
+
+        Computed in float32, also under autocast: squared distances lose too much in half
+        precision.
+        """
         with torch.autocast(x.device.type, enabled=False):
             x, c = x.float(), self.prototypes.float()
             d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ c.T + (c * c).sum(-1)
@@ -84,8 +87,11 @@ class PrototypePool(nn.Module):
 
     @torch.no_grad()
     def initialize(self, cells: Tensor, random_state: int = 0) -> None:
-        """Prototypes from a k-means++ draw of standardised ``cells`` ``(N, d)``; the temperature
-        from the median squared distance of a cell to its nearest prototype."""
+        """Set the prototypes from a k-means++ draw of standardised ``cells`` ``(N, d)``.
+
+        The temperature is set from the median squared distance of a cell to its nearest
+        prototype.
+        """
         from sklearn.cluster import kmeans_plusplus
 
         k = self.prototypes.shape[0]

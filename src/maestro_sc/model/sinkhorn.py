@@ -32,8 +32,11 @@ _MAX_OMEGA = 1.8
 
 
 def _omega(errors: list[float]) -> float:
-    """Over-relaxation factor ``2 / (1 + sqrt(1 - r))`` from the observed error decay ``r``
-    of plain Sinkhorn (Thibault et al. 2021; Lehmann et al. 2022), at most ``_MAX_OMEGA``."""
+    """Over-relaxation factor ``2 / (1 + sqrt(1 - r))``, at most ``_MAX_OMEGA``.
+
+    ``r`` is the observed error decay of plain Sinkhorn (Thibault et al. 2021; Lehmann et al.
+    2022).
+    """
     first, last = errors[-6], errors[-1]
     if not (0 < last < first and math.isfinite(first)):
         return 1.0

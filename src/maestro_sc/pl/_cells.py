@@ -223,8 +223,11 @@ def _cell_coords(
     markers: Sequence[str] | None,
     layer: str | None,
 ) -> tuple[np.ndarray, str]:
-    """2-D coordinates of the cells at sorted ``rows``: ``obsm[basis]`` (or ``X_<basis>``), else
-    the first two principal components of those cells' marker values."""
+    """2-D coordinates of the cells at sorted ``rows``.
+
+    ``obsm[basis]`` (or ``X_<basis>``), else the first two principal components of those cells'
+    marker values.
+    """
     if basis is not None:
         for key in (basis, f"X_{basis}"):
             if key in adata.obsm:

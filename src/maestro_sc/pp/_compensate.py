@@ -99,7 +99,7 @@ def _match_channels(adata: Any, channels: list[str]) -> np.ndarray:
 
 
 def _pytometry_compensate(values: np.ndarray, spill: pd.DataFrame) -> np.ndarray | None:
-    """pytometry's compensation of ``values`` (columns in ``spill``'s order), or None if it fails.
+    """Compensate ``values`` (columns in ``spill``'s order) with pytometry; None if it fails.
 
     pytometry 0.1.6 still calls ``np.in1d``, which numpy 2.4 removed; the caller then uses the
     same formula directly. A throw-away AnnData keeps pytometry's side effects (a layer, prints)
@@ -161,8 +161,8 @@ def compensate(
     >>> adata = ad.AnnData(np.array([[100.0, 10.0]], dtype=np.float32),
     ...                    var=pd.DataFrame(index=["FITC-A", "PE-A"]))
     >>> mst.pp.compensate(adata, spill)
-    >>> adata.X.round(3).tolist()
-    [[100.0, 0.0]]
+    >>> adata.X.round(3).tolist() == [[100.0, 0.0]]
+    True
     """
     target, _ = resolve_cells(adata, mod)
     check_var_names(target)

@@ -76,7 +76,7 @@ def cell_attribution(
     --------
     >>> import maestro_sc as mst
     >>> adata = mst.datasets.synthetic_cohort(n_samples=12, random_state=0)
-    >>> model = mst.tl.pretrain(adata, "sample", max_epochs=1, progress=False)
+    >>> model = mst.tl.pretrain(adata, "sample", max_epochs=1, min_steps=2, progress=False)
     >>> mst.tl.cell_attribution(adata, model, "sample", progress=False)  # composition
     >>> scores = adata.obs["maestro_attribution"]
     >>> bool((scores > 0).any() and (scores < 0).any())  # enriched and depleted cells

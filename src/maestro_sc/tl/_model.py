@@ -73,7 +73,9 @@ class MaestroModel:
     --------
     >>> import maestro_sc as mst
     >>> adata = mst.datasets.synthetic_cohort(n_samples=12, random_state=0)
-    >>> model = mst.tl.pretrain(adata, "sample", preset="cpu", max_epochs=1, progress=False)
+    >>> model = mst.tl.pretrain(
+    ...     adata, "sample", preset="cpu", max_epochs=1, min_steps=2, progress=False
+    ... )  # two training steps, for a quick example
     >>> z = model.embed(adata, "sample", progress=False)
     >>> z.shape[0]
     12
@@ -144,7 +146,7 @@ class MaestroModel:
         --------
         >>> import maestro_sc as mst
         >>> adata = mst.datasets.synthetic_cohort(n_samples=12, random_state=0)
-        >>> model = mst.tl.pretrain(adata, "sample", max_epochs=1, progress=False)
+        >>> model = mst.tl.pretrain(adata, "sample", max_epochs=0, progress=False)  # untrained
         >>> model.embed(adata, "sample", progress=False).shape[0]
         12
         """

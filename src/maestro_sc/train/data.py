@@ -86,6 +86,7 @@ class EpochSampler(Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the keys of ``epoch`` next (Lightning calls this at each epoch start)."""
         self.epoch = int(epoch)
 
     def _rank(self) -> tuple[int, int]:
