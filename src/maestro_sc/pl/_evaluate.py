@@ -34,15 +34,30 @@ def _is_legacy(results: Any) -> bool:
     )
 
 
-def _legacy_tables(results: Any, what: str, tool: str) -> dict[str, pd.DataFrame]:
+#: Per kind of result drawn as bars: (what it is called, the plot, the tool, the column that
+#: ``key`` may name).
+_BARS = {
+    PROBE: ("probe", "probe", "linear_probe", "target"),
+    RETRIEVAL: ("cell-type retrieval", "celltype_retrieval", "celltype_retrieval", "cell_type_key"),
+}
+
+
+def _result_tables(
+    sdata: Any, key: str | Sequence[str] | Mapping[str, str] | None, kind: str
+) -> dict[str, pd.DataFrame]:
+    """``{label: table}`` to draw: the stored results ``key`` names, or tables passed directly."""
+    what, plot, tool, column = _BARS[kind]
+    if not _is_legacy(sdata):
+        return _stored_tables(sdata, key, kind, column)
+    if key is not None:
+        raise TypeError("With result tables as the first argument, pass no `key`.")
     warnings.warn(
-        f"Passing result tables to mst.pl.{tool.replace('linear_', '')} is deprecated: run "
-        f"mst.tl.{tool}(sdata, ...) (it stores its result in sdata.uns) and pass sdata and the "
-        "key(s).",
+        f"Passing result tables to mst.pl.{plot} is deprecated: run mst.tl.{tool}(sdata, ...) "
+        "(it stores its result in sdata.uns) and pass sdata and the key(s).",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
-    return results_by_method(results, what)
+    return results_by_method(sdata, what)
 
 
 def _stored_tables(
@@ -280,12 +295,9 @@ def probe(
     ...     mst.tl.linear_probe(sdata, "diagnosis", use_rep=rep)  # doctest: +SKIP
     >>> mst.pl.probe(sdata, "diagnosis")  # doctest: +SKIP
     """
-    if _is_legacy(sdata):
-        if key is not None:
-            metrics = key
-        tables = _legacy_tables(sdata, "probe", "linear_probe")
-    else:
-        tables = _stored_tables(sdata, key, PROBE, "target")
+    if _is_legacy(sdata) and key is not None:
+        metrics, key = key, None  # the second argument of the deprecated call
+    tables = _result_tables(sdata, key, PROBE)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     methods = list(tables)
     means = np.full((len(methods), len(metrics)), np.nan)
@@ -385,12 +397,7 @@ def celltype_retrieval(
     ...     )  # doctest: +SKIP
     >>> mst.pl.celltype_retrieval(sdata, "cell_type")  # doctest: +SKIP
     """
-    if _is_legacy(sdata):
-        if key is not None:
-            raise TypeError("With result tables as the first argument, pass no `key`.")
-        tables = _legacy_tables(sdata, "cell-type retrieval", "celltype_retrieval")
-    else:
-        tables = _stored_tables(sdata, key, RETRIEVAL, "cell_type_key")
+    tables = _result_tables(sdata, key, RETRIEVAL)
     methods = list(tables)
     first = tables[methods[0]]
     if "cell_type" in first.columns:

@@ -237,21 +237,16 @@ BASELINES: dict[str, BaselineMethod] = {
         BaselineMethod(
             "quantiles", _quantiles, {"quantiles": DEFAULT_QUANTILES}, check=_check_quantiles
         ),
-        BaselineMethod(
-            "kmeans",
-            functools.partial(_kmeans, log_ratio=False),
-            _KMEANS,
-            check=_check_clusters,
-            numbered=True,
-            key_with_k=True,
-        ),
-        BaselineMethod(
-            "kmeans_clr",
-            functools.partial(_kmeans, log_ratio=True),
-            _KMEANS,
-            check=_check_clusters,
-            numbered=True,
-            key_with_k=True,
+        *(
+            BaselineMethod(
+                name,
+                functools.partial(_kmeans, log_ratio=log_ratio),
+                _KMEANS,
+                check=_check_clusters,
+                numbered=True,
+                key_with_k=True,
+            )
+            for name, log_ratio in (("kmeans", False), ("kmeans_clr", True))
         ),
         BaselineMethod(
             "flowsom",
