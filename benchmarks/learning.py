@@ -62,6 +62,10 @@ ARMS: dict[str, dict] = {
     # (e) the batch shortcut: per-view marker offsets and gains at a larger scale
     "e_jitter": {"view_shift": 0.3, "view_scale": 0.1},
 }
+#: Every arm states the settings it varies, so a change of the preset's defaults does not
+#: change an arm: the 0.1.0 ``cpu`` preset had no contrastive loss and one learning rate.
+_BASE = {"w_con": 0.0, "proto_lr_scale": 1.0}
+ARMS = {name: {**_BASE, **overrides} for name, overrides in ARMS.items()}
 MECHANISMS = {
     "monocytosis": "abundance",
     "plasmablast_expansion": "rare",
