@@ -363,6 +363,45 @@ def _codebook_table() -> list[str]:
     return [*lines, ""]
 
 
+def plot(path: Path, difficulty: str = "easy") -> None:
+    """Training diagnostics of each arm (mean over cohorts) against the step, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _rows() if r.get("history") and r["difficulty"] == difficulty]
+    panels = (
+        ("teacher_entropy_frac", "teacher entropy / log K"),
+        ("kl", "distillation KL (nats)"),
+        ("proto_drift", "prototype drift (std. units)"),
+        ("con_acc", "contrastive accuracy (batch of 8)"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 3.4))
+    colors = dict(zip(ARMS, plt.get_cmap("tab10").colors))
+    for arm in ARMS:
+        runs = [r for r in rows if r["arm"] == arm]
+        if not runs:
+            continue
+        for ax, (key, label) in zip(axes, panels):
+            curves = [r["history"][key] for r in runs if key in r["history"]]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            y = np.mean([c[:n] for c in curves], axis=0)
+            steps = np.linspace(0, runs[0]["steps"], n, endpoint=False)
+            ax.plot(steps, y, label=f"{arm} (n={len(curves)})", linewidth=1.3, color=colors[arm])
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("step")
+    axes[0].axhline(0.7, color="0.5", linestyle=":", linewidth=1)
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_yscale("log")
+    handles, labels = axes[2].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=130)
+
+
 def jobs(arms: list[str], cohorts: list[int], difficulty: str, seeds: list[int]) -> None:
     """Print one ``run`` argument line per job, cheapest first (baselines, untrained)."""
     for seed in seeds:
@@ -392,12 +431,16 @@ if __name__ == "__main__":
     p_jobs.add_argument("--seeds", type=int, nargs="+", default=[0])
     p_jobs.add_argument("--difficulty", default="easy")
     sub.add_parser("table")
+    p_plot = sub.add_parser("plot")
+    p_plot.add_argument("path", type=Path)
     p_re = sub.add_parser("rescore")
     p_re.add_argument("--difficulty", default="easy")
     p_re.add_argument("--n-samples", type=int, default=120)
     args = parser.parse_args()
     if args.cmd == "run":
         run(args.arm, args.difficulty, args.cohort, args.train_seed, args.n_samples)
+    elif args.cmd == "plot":
+        plot(args.path)
     elif args.cmd == "rescore":
         rescore(args.difficulty, args.n_samples)
     elif args.cmd == "jobs":
