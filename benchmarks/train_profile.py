@@ -80,11 +80,11 @@ def label_parts(net: Maestro) -> None:
         setattr(maestro_module, name, labelled(getattr(maestro_module, name), label))
 
 
-def setup(n_samples: int, seed: int):
+def setup(n_samples: int, seed: int, preset_name: str = "cpu", **overrides):
     adata = mst.datasets.synthetic_cohort(n_samples=n_samples, random_state=seed)
     index = SampleIndex(adata, "sample")
     samples = list(range(index.n_samples))
-    cfg = preset("cpu", n_markers=index.n_markers)
+    cfg = preset(preset_name, n_markers=index.n_markers, **overrides)
     torch.manual_seed(seed)
     net = Maestro(cfg)
     mean, std = marker_scaler(index, samples, seed)
@@ -158,17 +158,25 @@ def main(argv: list[str] | None = None) -> int:
         help="steps of mst.tl.pretrain (one epoch) for comparison (0: skip)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--preset", default="cpu", choices=["cpu", "gpu", "paper"], help="model preset"
+    )
+    parser.add_argument(
+        "--set",
+        default="{}",
+        help="JSON of MaestroConfig overrides, e.g. '{\"w_con\": 1.0}'",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="append the record to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# machine: {machine()}")
-    adata, index, net, dataset = setup(args.samples, args.seed)
+    adata, index, net, dataset = setup(args.samples, args.seed, args.preset, **json.loads(args.set))
     cfg = net.config
     net.train()
     print(
-        f"# cpu preset: D={cfg.latent_dim}, ff={cfg.ff_dim}, m={cfg.n_inducing}, "
+        f"# {args.preset} preset {args.set}: D={cfg.latent_dim}, ff={cfg.ff_dim}, m={cfg.n_inducing}, "
         f"n_sub={cfg.n_sub}, {len(cfg.mask_rates)} views, batch {cfg.batch_size} samples, "
         f"decoder {cfg.decoder}/{cfg.decoder_block}; cohort {index.n_samples} samples x "
         f"{index.n_markers} markers, {int(index.counts.mean())} cells per sample on average"
@@ -231,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         model = mst.tl.pretrain(
             adata,
             "sample",
-            preset="cpu",
+            preset=args.preset,
+            **json.loads(args.set),
             max_epochs=1,
             steps_per_epoch=args.pretrain_steps,
             accelerator="cpu",
