@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pytest
 
 from maestro_sc.cli import build_parser, main
 
@@ -51,3 +52,14 @@ def test_errors_are_messages_not_tracebacks(cohort, tmp_path, capsys, train):
     assert "donor" in capsys.readouterr().err
     code = main(["embed", str(tmp_path / "missing.h5ad"), "--sample-key", "sample", "-o", "x"])
     assert code == 2
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--n-samples", "8", "--max-epochs", "1", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Linear probe on diagnosis" in printed and "accuracy" in printed
+    for name in ("samples.h5ad", "umap.png", "nn_contingency.png", "model/maestro.json"):
+        assert (out / name).exists(), name

@@ -23,16 +23,17 @@ def _demo(args: argparse.Namespace) -> int:
         f"Synthetic cohort: {adata.n_obs:,} cells x {adata.n_vars} markers in "
         f"{adata.obs['sample'].nunique()} samples (diagnosis: 4 classes)."
     )
+    length = {} if args.max_epochs is None else {"max_epochs": args.max_epochs, "min_steps": 0}
     model = mst.tl.pretrain(
-        adata, "sample", preset="cpu", random_state=args.seed, progress=not args.quiet
+        adata, "sample", preset="cpu", random_state=args.seed, progress=not args.quiet, **length
     )
     print(
         f"Trained the 'cpu' preset: {model.summary['steps']} steps in "
         f"{model.summary['train_seconds']:.0f} s."
     )
     sdata = mst.tl.embed_samples(adata, "sample", model=model, progress=not args.quiet)
-    probe = mst.tl.linear_probe(sdata, "diagnosis", use_rep="X_maestro")
-    acc = probe.set_index("metric").loc["accuracy"]
+    mst.tl.linear_probe(sdata, "diagnosis", use_rep="X_maestro")
+    acc = mst.get.result_df(sdata, "probe_diagnosis_X_maestro").set_index("metric").loc["accuracy"]
     chance = sdata.obs["diagnosis"].value_counts(normalize=True).max()
     print(
         f"Linear probe on diagnosis (5-fold CV x 10): accuracy {acc['mean']:.2f} ± "
@@ -42,6 +43,7 @@ def _demo(args: argparse.Namespace) -> int:
     sdata.write_h5ad(h5ad)
     model.save(out / "model", overwrite=True)
     mst.pl.embedding(sdata, color=["diagnosis", "batch"], show=False, save=out / "umap.png")
+    mst.tl.nn_contingency(sdata, "diagnosis")
     mst.pl.nn_contingency(sdata, "diagnosis", show=False, save=out / "nn_contingency.png")
     print(f"Wrote {h5ad}, {out / 'model'}/, {out / 'umap.png'}, {out / 'nn_contingency.png'}.")
     print(f"Demo took {time.perf_counter() - start:.0f} s.")
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="maestro_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--n-samples", type=int, default=40)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--max-epochs", type=int, default=None, help="training epochs (default: the preset's)"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
