@@ -5,7 +5,9 @@ head size, weight decay, gradient clipping, OT epsilon) the value is the authors
 or a documented choice (``docs/model.md``). ``"cpu"`` and ``"gpu"`` are smaller settings for a
 laptop and one GPU; they add prototype pooling (``n_prototypes=128``, readout ``"pma+proto"``,
 :mod:`maestro_sc.model.prototypes`), which the benchmarks showed the paper's readout needs on
-a laptop budget (``docs/benchmarks.md``).
+a laptop budget, and the sample-contrastive loss with a 10x learning rate for the prototypes
+(``w_con=1``, ``proto_lr_scale=10``), the setting with which training measurably improves the
+embedding over its untrained start (``docs/benchmarks.md``, "What training adds").
 """
 
 from __future__ import annotations
@@ -237,8 +239,11 @@ class MaestroConfig:
 
     @property
     def embedding_dim(self) -> int:
-        """Width ``E`` of a sample embedding: ``D``, plus ``heads * m`` for ``"pma+mass"`` or
-        ``K`` for ``"pma+proto"`` / ``"pma+codebook"``; ``n_codebook`` for ``"codebook"``."""
+        """Width ``E`` of a sample embedding.
+
+        ``D``, plus ``heads * m`` for ``"pma+mass"`` or ``K`` for ``"pma+proto"`` /
+        ``"pma+codebook"``; ``n_codebook`` for ``"codebook"``.
+        """
         if self.readout == "codebook":
             return self.n_codebook
         extra = {
@@ -319,6 +324,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         chunk_size=65536,
         n_prototypes=128,
         readout="pma+proto",
+        w_con=1.0,
+        proto_lr_scale=10.0,
         lr=3e-4,
         lr_final=1e-6,
         batch_size=8,
@@ -340,6 +347,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         chunk_size=4096,
         n_prototypes=128,
         readout="pma+proto",
+        w_con=1.0,
+        proto_lr_scale=10.0,
         lr=1e-3,
         lr_final=1e-5,
         batch_size=8,

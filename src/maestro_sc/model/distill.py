@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 
 class ProjectionHead(nn.Module):
-    """DINO projection head: ``Linear-GELU-Linear-GELU-Linear`` to a bottleneck, L2 normalise,
-    then a weight-normalised ``Linear`` (unit-norm rows, no bias) to ``K`` logits (paper F.2
-    "non-linear projection head").
+    """DINO projection head (paper F.2 "non-linear projection head").
+
+    ``Linear-GELU-Linear-GELU-Linear`` to a bottleneck, L2 normalise, then a weight-normalised
+    ``Linear`` (unit-norm rows, no bias) to ``K`` logits.
 
     Examples
     --------
@@ -41,6 +42,7 @@ class ProjectionHead(nn.Module):
         self.last = nn.Parameter(torch.randn(out_dim, bottleneck) / math.sqrt(bottleneck))
 
     def forward(self, z: Tensor) -> Tensor:
+        """Logits ``(..., K)`` of embeddings ``(..., D)``."""
         h = F.normalize(self.mlp(z), dim=-1)
         return F.linear(h, F.normalize(self.last, dim=-1))
 
@@ -88,8 +90,11 @@ def teacher_distribution(teacher_logits: Tensor, center: Tensor, teacher_temp: f
 
 @torch.no_grad()
 def update_center(center: Tensor, teacher_logits: Tensor, momentum: float) -> None:
-    """``c <- m c + (1 - m) mean_batch(t)`` in place; the batch mean is averaged over processes
-    when ``torch.distributed`` is initialised (as DINO does)."""
+    """Update the teacher centre in place: ``c <- m c + (1 - m) mean_batch(t)``.
+
+    The batch mean is averaged over processes when ``torch.distributed`` is initialised (as
+    DINO does).
+    """
     batch_mean = teacher_logits.mean(dim=0)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(batch_mean)
