@@ -791,7 +791,8 @@ def test_bad_embed_arguments_fail_before_training(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("pretrain ran before the arguments were checked")
 
-    monkeypatch.setattr(mst.tl._embed, "pretrain", no_training)
+    # embed_samples trains through _pretrain (pretrain's body), so that is what must not run.
+    monkeypatch.setattr(mst.tl._embed, "_pretrain", no_training)
     for kwargs, error in [
         ({"which": "both"}, ValueError),
         ({"n_neighbors": 0}, ValueError),

@@ -1,15 +1,18 @@
-"""``pretrain`` and ``embed_samples``: the user-facing training and embedding calls."""
+"""``pretrain`` and ``embed_samples``: the user-facing training and embedding calls.
+
+This module is the public side of training: it checks the arguments, indexes the cells
+(:class:`~maestro_sc._data.SampleIndex`), checks them (untransformed values, samples too small
+to train on), computes the marker scaler, and wraps the result into a
+:class:`~maestro_sc.tl.MaestroModel`; the sample table and its scanpy graph come last. The
+network, the Lightning run and its signal handling are in :mod:`maestro_sc.train.runner`.
+It runs past 450 lines because the two public functions carry the full user documentation
+(about 200 lines of docstring, with examples that run as doctests).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 import os
-import signal
-import sys
-import threading
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,10 +26,9 @@ from .._utils import check_count, check_random_state, logger, warn_overwrite
 from ._aggregate import sample_table
 from ._model import MaestroModel, check_which, h5ad_safe, match_panel
 
-#: Cells pooled (over all samples) to fit the per-marker standardisation.
+#: Cells pooled (over all samples) to fit the per-marker standardisation; the prototypes start
+#: at a draw of them and the codebook readout is fitted on them (:mod:`maestro_sc.train.runner`).
 _SCALER_CELLS = 200_000
-#: Of those, cells used to start the prototypes of prototype pooling (k-means++).
-_PROTOTYPE_CELLS = 20_000
 #: Cells (from at most ``_RAW_CHECK_SAMPLES`` samples) read to tell raw from transformed values.
 _RAW_CHECK_CELLS = 10_000
 _RAW_CHECK_SAMPLES = 20
@@ -106,30 +108,6 @@ def trainable_samples(index: SampleIndex, min_cells: int, strict: bool) -> list[
             f"(of {index.n_samples}). Add samples or lower `min_cells`."
         )
     return keep
-
-
-_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-
-
-def _resolve_accelerator(accelerator: str, precision: str | None) -> tuple[str, str]:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if isinstance(accelerator, str):
-        if accelerator not in _ACCELERATORS:
-            raise ValueError(f"accelerator={accelerator!r} is unknown; use one of {_ACCELERATORS}.")
-        if accelerator in ("gpu", "cuda") and not cuda:
-            raise ValueError(
-                f"accelerator={accelerator!r} but PyTorch sees no CUDA GPU (torch "
-                f"{torch.__version__}); use accelerator='cpu' or install a CUDA build of torch."
-            )
-        if accelerator == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("accelerator='mps' but MPS is not available; use accelerator='cpu'.")
-    if accelerator == "auto":
-        accelerator = "gpu" if cuda else "cpu"
-    if precision is None:
-        precision = "bf16-mixed" if accelerator in ("gpu", "cuda") and cuda else "32-true"
-    return accelerator, precision
 
 
 def pretrain(
@@ -229,9 +207,14 @@ def pretrain(
 
     Examples
     --------
+    One epoch of one step, to keep the example short (the ``cpu`` preset otherwise trains for
+    at least ``min_steps=100`` steps):
+
     >>> import maestro_sc as mst
-    >>> adata = mst.datasets.synthetic_cohort(n_samples=12, random_state=0)
-    >>> model = mst.tl.pretrain(adata, "sample", preset="cpu", max_epochs=1, progress=False)
+    >>> adata = mst.datasets.synthetic_cohort(n_samples=8, random_state=0)
+    >>> model = mst.tl.pretrain(
+    ...     adata, "sample", preset="cpu", max_epochs=1, min_steps=0, progress=False
+    ... )
     >>> model.history.shape[0] > 0
     True
     """
@@ -283,19 +266,16 @@ def _pretrain(
     progress: bool = True,
     **overrides: Any,
 ) -> tuple[MaestroModel, SampleIndex]:
-    """:func:`pretrain`, returning the sample index too, so that a caller embedding the same
-    cells afterwards (:func:`embed_samples`) does not index them a second time.
+    """:func:`pretrain`, returning the sample index too (for :func:`embed_samples`).
+
+    A caller that embeds the same cells afterwards then does not index them a second time.
+    The arguments are checked and the cells indexed and checked here; the network is built and
+    trained by :func:`maestro_sc.train.runner.fit_maestro`.
 
     Must be called directly by the public function (the warnings' ``stacklevel`` counts on it).
     """
-    import pytorch_lightning as pl
-    import torch
-    from torch.utils.data import DataLoader
-
     from ..model.config import preset as make_config
-    from ..model.maestro import Maestro
-    from ..train.data import EpochSampler, SampleSetDataset, collate_sets
-    from ..train.module import MaestroTrainingPlan
+    from ..train.runner import fit_maestro, resolve_accelerator, save_and_terminate
 
     check_count(max_epochs, "max_epochs", minimum=0, none=True)
     check_count(batch_size, "batch_size", none=True)
@@ -310,201 +290,55 @@ def _pretrain(
     config = make_config(preset, **overrides)
     if config.max_epochs < 0 or config.batch_size < 1:
         raise ValueError("`max_epochs` must be >= 0 and `batch_size` >= 1.")
-    accelerator, precision = _resolve_accelerator(accelerator, precision)
+    accelerator, precision = resolve_accelerator(accelerator, precision)
     index = SampleIndex(adata, sample_key, markers=markers, layer=layer, mod=mod)
     warn_if_untransformed(index, stacklevel=3)
     samples = trainable_samples(index, config.min_cells, strict)
     config.n_markers = index.n_markers
-
-    pl.seed_everything(random_state, workers=True, verbose=False)
-    net = Maestro(config)
     mean, std, pooled = marker_scaler(index, samples, random_state, return_cells=True)
-    net.set_scaler(torch.from_numpy(mean), torch.from_numpy(std))
-    if config.n_prototypes:
-        step = max(1, len(pooled) // _PROTOTYPE_CELLS)
-        net.init_prototypes(torch.from_numpy(np.ascontiguousarray(pooled[::step])), random_state)
-    # the codebook readout is fitted after training, on the same pooled cells
-    codebook_cells = pooled if config.n_codebook else None
-    del pooled
 
-    steps_per_epoch = config.steps_per_epoch or max(
-        math.ceil(len(samples) / config.batch_size),
-        math.ceil(config.min_steps / max(1, config.max_epochs)),
-    )
-    total_steps = steps_per_epoch * config.max_epochs
-    plan = MaestroTrainingPlan(net, total_steps=total_steps, random_state=random_state)
-    dataset = SampleSetDataset(index, samples, config.n_sub, config.teacher_max_cells, random_state)
-    sampler = EpochSampler(len(samples), steps_per_epoch * config.batch_size, random_state)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        collate_fn=collate_sets,
+    run = fit_maestro(
+        index,
+        samples,
+        config,
+        scaler=(mean, std),
+        cells=pooled,
+        random_state=random_state,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
         num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        progress=progress,
+        preset=preset,
     )
-    callbacks = []
-    if checkpoint_dir is not None:
-        from pytorch_lightning.callbacks import ModelCheckpoint
-
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(checkpoint_dir),
-                save_last=True,
-                save_top_k=1,
-                every_n_epochs=1,
-                save_on_train_epoch_end=True,
-            )
-        )
-    logger.info(
-        "Training MAESTRO (%s preset) on %d samples x %d markers: %d epochs x %d steps.",
-        preset,
-        len(samples),
-        index.n_markers,
-        config.max_epochs,
-        steps_per_epoch,
-    )
-    sigterm_handler = signal.getsignal(signal.SIGTERM)
-    start = time.perf_counter()
-    with _quiet_lightning():
-        trainer = pl.Trainer(
-            max_epochs=config.max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            precision=precision,
-            logger=False,
-            callbacks=callbacks,
-            enable_checkpointing=checkpoint_dir is not None,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            gradient_clip_val=config.grad_clip or None,
-            num_sanity_val_steps=0,
-            log_every_n_steps=1,
-        )
-        if total_steps > 0:
-            _fit_interruptible(trainer, plan, loader, resume)
-    sigterm = bool(trainer.received_sigterm)
-    if trainer.interrupted and not sigterm:
+    if run.interrupted and not run.sigterm:
         warnings.warn(
             "Training was interrupted; the model holds the last completed step.",
             UserWarning,
             stacklevel=3,
         )
-    import pandas as pd
-
-    history = pd.DataFrame(plan.history)
     summary = {
         "preset": preset,
         "random_state": random_state,
         "sample_key": sample_key,
         "n_samples": len(samples),
-        "steps": int(trainer.global_step),
-        "epochs": int(trainer.current_epoch),
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "interrupted": bool(trainer.interrupted),
+        "steps": run.steps,
+        "epochs": run.epochs,
+        "train_seconds": run.seconds,
+        "interrupted": run.interrupted,
         "accelerator": accelerator,
         "precision": str(precision),
         "package_version": __version__,
     }
-    if len(history):
-        summary["final_loss"] = float(history["loss"].iloc[-1])
-    net = net.cpu()
-    if codebook_cells is not None:
-        net.fit_codebook(torch.from_numpy(np.ascontiguousarray(codebook_cells)), random_state)
-    model = MaestroModel(net, index.markers, history=history, summary=summary)
-    if sigterm:
-        _save_and_terminate(model, trainer, checkpoint_dir, sigterm_dir, sigterm_handler)
+    if len(run.history):
+        summary["final_loss"] = float(run.history["loss"].iloc[-1])
+    model = MaestroModel(run.net, index.markers, history=run.history, summary=summary)
+    if run.sigterm:
+        save_and_terminate(run, model, sigterm_dir)
     return model, index
-
-
-def _save_and_terminate(model, trainer, checkpoint_dir, sigterm_dir, previous_handler) -> None:
-    """After a SIGTERM stopped training: save the model (and a checkpoint), then end the
-    process as killed by SIGTERM (exit status 143).
-
-    Lightning's signal handler only sets ``trainer.received_sigterm`` and stops the loop after
-    the current step; left alone, ``pretrain`` would return and the program go on as if
-    training had finished.
-    """
-    if sigterm_dir is None:
-        sigterm_dir = (
-            Path(checkpoint_dir) / "interrupted"
-            if checkpoint_dir is not None
-            else Path.cwd() / f"maestro_interrupted_{os.getpid()}"
-        )
-    saved = []
-    if trainer.is_global_zero:
-        try:
-            path = model.save(sigterm_dir, overwrite=True).resolve()
-            saved.append(f"the model (MaestroModel.load) in {path}")
-        except Exception as err:  # the process ends either way; say what was lost
-            saved.append(f"NOT the model: saving it to {sigterm_dir} failed ({err!r})")
-    if checkpoint_dir is not None and trainer.world_size == 1:
-        ckpt = (Path(checkpoint_dir) / "interrupted.ckpt").resolve()
-        try:
-            trainer.save_checkpoint(ckpt, weights_only=False)
-            saved.append(f"a checkpoint (resume=) in {ckpt}")
-        except Exception as err:
-            saved.append(f"NOT the checkpoint: saving {ckpt} failed ({err!r})")
-    if saved:
-        steps = model.summary.get("steps", 0)
-        print(
-            f"maestro_sc: training received SIGTERM and stopped after step {steps}; saved "
-            + " and ".join(saved)
-            + ". Exiting with status 143.",
-            file=sys.stderr,
-            flush=True,
-        )
-    sys.stdout.flush()
-    if previous_handler == signal.SIG_DFL and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.raise_signal(signal.SIGTERM)
-    raise SystemExit(128 + signal.SIGTERM)
-
-
-def _fit_interruptible(trainer, plan, loader, resume) -> None:
-    """``trainer.fit`` that survives Ctrl+C: the model keeps its last completed step.
-
-    Lightning answers a KeyboardInterrupt with ``sys.exit(1)`` and leaves SIGINT ignored; in a
-    notebook that would lose the model and disable the next Ctrl+C, so both are undone here.
-    A SIGTERM also ends ``fit`` with a ``SystemExit`` (Lightning's ``SIGTERMException``) after
-    the current step; it is swallowed here too, and ``pretrain`` then saves and exits
-    (``trainer.received_sigterm``).
-    """
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(plan, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
-    except SystemExit:
-        if not trainer.interrupted:
-            raise
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, handler)
-
-
-class _quiet_lightning:
-    """Silence Lightning's informational banners (GPU available, etc.) during ``fit``."""
-
-    _names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
-
-    def __enter__(self):
-        self._levels = [logging.getLogger(n).level for n in self._names]
-        for n in self._names:
-            logging.getLogger(n).setLevel(logging.WARNING)
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*train_dataloader.*num_workers.*")
-        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        return self
-
-    def __exit__(self, *exc):
-        self._warn.__exit__(*exc)
-        for n, level in zip(self._names, self._levels):
-            logging.getLogger(n).setLevel(level)
-        return False
 
 
 def embed_samples(
@@ -602,16 +436,20 @@ def embed_samples(
 
     Examples
     --------
+    A short training run (one step; ``max_epochs`` and ``min_steps`` go to :func:`pretrain`):
+
     >>> import maestro_sc as mst
-    >>> adata = mst.datasets.synthetic_cohort(n_samples=12, random_state=0)
-    >>> sdata = mst.tl.embed_samples(adata, sample_key="sample", max_epochs=1, progress=False)
+    >>> adata = mst.datasets.synthetic_cohort(n_samples=8, random_state=0)
+    >>> sdata = mst.tl.embed_samples(
+    ...     adata, sample_key="sample", max_epochs=1, min_steps=0, progress=False
+    ... )
     >>> sdata.obsm["X_maestro"].shape[0]
-    12
+    8
 
     Keep the trained model to embed new samples with it later:
 
     >>> sdata, model = mst.tl.embed_samples(
-    ...     adata, "sample", max_epochs=1, progress=False, return_model=True
+    ...     adata, "sample", max_epochs=1, min_steps=0, progress=False, return_model=True
     ... )
     >>> new = mst.datasets.synthetic_cohort(n_samples=4, random_state=1)
     >>> mst.tl.embed_samples(new, "sample", model=model, progress=False).n_obs

@@ -47,6 +47,7 @@ class MaestroTrainingPlan(pl.LightningModule):
         self._proto_start = None if proto is None else proto.prototypes.detach().clone()
 
     def training_step(self, batch, batch_idx):
+        """One step: the model's losses on a batch of sample sets, logged and recorded."""
         students, teachers = batch
         generator = torch.Generator(device=students.device)
         generator.manual_seed(self.random_state * 1_000_003 + self.global_step)
@@ -73,6 +74,7 @@ class MaestroTrainingPlan(pl.LightningModule):
         return out["loss"]
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Update the EMA teacher after the optimiser step, with the scheduled momentum."""
         cfg = self.net.config
         momentum = ema_momentum_at(
             self.global_step, self.total_steps, cfg.ema_momentum, cfg.ema_final
@@ -80,6 +82,7 @@ class MaestroTrainingPlan(pl.LightningModule):
         self.net.update_teacher(momentum)
 
     def configure_optimizers(self):
+        """AdamW (prototypes in their own group) with a per-step cosine learning rate."""
         cfg = self.net.config
         proto = self.net.encoder.proto
         own = set() if proto is None else {id(proto.prototypes), id(proto.log_tau)}
@@ -107,7 +110,9 @@ class MaestroTrainingPlan(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the training history in the checkpoint."""
         checkpoint["maestro_history"] = list(self.history)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the training history from the checkpoint."""
         self.history = list(checkpoint.get("maestro_history", []))
