@@ -4,6 +4,13 @@
 the teacher copies, and gives the framework-free training step (:meth:`Maestro.training_loss`)
 and the deterministic, streamed embedding (:meth:`Maestro.encode`). All public methods take raw
 (already arcsinh-transformed) cells and standardise them inside.
+
+The readouts are written in their own modules and bound as methods in the class body, so they
+stay :class:`Maestro`'s own methods: the embeddings (:meth:`~Maestro.encode`,
+:meth:`~Maestro.encode_batch`, :meth:`~Maestro.cell_scores`, ...) in
+:mod:`~maestro_sc.model.readout`, the codebook readout (:meth:`~Maestro.fit_codebook`, ...) in
+:mod:`~maestro_sc.model.codebook`. This module keeps the network, the scaler and the training
+step.
 """
 
 from __future__ import annotations
@@ -13,11 +20,10 @@ import copy
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .blocks import chunks
+from . import codebook, readout
 from .config import MaestroConfig
 from .decoder import build_decoder
 from .distill import (
@@ -128,106 +134,23 @@ class Maestro(nn.Module):
         self.encoder.proto.initialize(self.standardize(cells), random_state)
         self.teacher_encoder.proto.load_state_dict(self.encoder.proto.state_dict())
 
-    @torch.no_grad()
-    def fit_codebook(self, cells: Tensor, random_state: int = 0) -> None:
-        """Fit the codebook readout: k-means of the teacher's input-layer states of raw ``cells``.
+    # -- codebook readout (model/codebook.py) -----------------------------------------------
 
-        ``cells`` ``(N, d)`` should be a pooled subsample of the training cells with every
-        sample represented. Does nothing without a codebook (``config.n_codebook == 0``).
+    fit_codebook = codebook.fit_codebook
+    codebook_composition = codebook.codebook_composition
+    codebook_assignments = codebook.codebook_assignments
+    _assign = codebook._assign
+    _codebook_counts = codebook._codebook_counts
 
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
-        ...                     n_codebook=5, readout="codebook")
-        >>> model = Maestro(cfg)
-        >>> model.fit_codebook(torch.randn(500, 3))
-        >>> model.encode(torch.randn(40, 3)).shape
-        torch.Size([5])
-        """
-        if not self.config.n_codebook:
-            return
-        from sklearn.cluster import MiniBatchKMeans
+    # -- embedding (the public readouts: model/readout.py) ----------------------------------
 
-        states = self.teacher_encoder.embed(self.standardize(cells)).double().cpu().numpy()
-        if states.shape[0] == 0 or not np.isfinite(states).all():
-            raise ValueError("Fitting the codebook needs finite cells; got none or non-finite.")
-        k = self.config.n_codebook
-        distinct = np.unique(states, axis=0)
-        if len(distinct) <= k:
-            centers = distinct[np.arange(k) % len(distinct)]
-        else:
-            km = MiniBatchKMeans(k, batch_size=4096, n_init=3, random_state=random_state)
-            centers = km.fit(states).cluster_centers_
-        self.codebook.copy_(torch.from_numpy(centers).to(self.codebook))
-
-    def codebook_composition(
-        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
-    ) -> Tensor:
-        """Centred log-ratio composition ``(K,)`` of one sample's raw cells over the codebook.
-
-        Each cell is assigned to its nearest codebook state (in the input-layer space of the
-        chosen encoder); the composition is ``log(p + 1/(4K)) - mean_k log(p + 1/(4K))``.
-
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
-        ...                     n_codebook=4, readout="codebook")
-        >>> model = Maestro(cfg)
-        >>> _ = torch.manual_seed(0)
-        >>> model.fit_codebook(torch.randn(200, 3))
-        >>> abs(round(float(model.codebook_composition(torch.randn(30, 3)).sum()), 4))
-        0.0
-        """
-        if not self.config.n_codebook:
-            raise ValueError("This model has no codebook (n_codebook=0).")
-        return self._codebook_counts(self._cells(x), which, chunk_size)[0]
-
-    @torch.no_grad()
-    def codebook_assignments(
-        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
-    ) -> Tensor:
-        """Index ``(n,)`` of each raw cell's nearest codebook state.
-
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
-        ...                     n_codebook=4, readout="codebook")
-        >>> model = Maestro(cfg)
-        >>> model.fit_codebook(torch.randn(200, 3))
-        >>> model.codebook_assignments(torch.randn(30, 3)).shape
-        torch.Size([30])
-        """
-        if not self.config.n_codebook:
-            raise ValueError("This model has no codebook (n_codebook=0).")
-        return self._assign(self._cells(x)[0], which, chunk_size)
-
-    def _assign(self, cells: Tensor, which: str | None, chunk_size: int | None) -> Tensor:
-        """Nearest codebook state of standardised cells ``(n, d)``."""
-        embed = self._encoder(which).embed
-        size = chunk_size or self.config.chunk_size
-        c = self.codebook.float()
-        c2 = (c * c).sum(-1)
-        out = []
-        for sl in chunks(cells.shape[0], size):
-            h = embed(cells[sl]).float()
-            out.append((c2 - 2 * h @ c.T).argmin(dim=1))  # ||h||^2 is the same for every code
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def _codebook_counts(self, cells: Tensor, which: str | None, chunk_size: int | None) -> Tensor:
-        k = self.config.n_codebook
-        labels = self._assign(cells[0], which, chunk_size)
-        p = torch.bincount(labels, minlength=k).float() / max(1, labels.numel())
-        log_p = (p + 1.0 / (4 * k)).log()
-        return (log_p - log_p.mean()).unsqueeze(0)
-
-    # -- embedding --------------------------------------------------------------------------
+    encode = readout.encode
+    encode_batch = readout.encode_batch
+    encode_batch_z = readout.encode_batch_z
+    cell_scores = readout.cell_scores
+    composition = readout.composition
+    prototype_assignments = readout.prototype_assignments
+    _prototypes = readout._prototypes
 
     def _encoder(self, which: str | None) -> SetEncoder:
         which = self.config.embed_with if which is None else which
@@ -250,8 +173,11 @@ class Maestro(nn.Module):
         return torch.autocast(device, dtype=getattr(torch, self.config.dtype))
 
     def _readout(self, z: Tensor, mass: Tensor | None, comp: Tensor | None = None) -> Tensor:
-        """The embedding: ``z``, or ``z`` with the attention mass over the inducing points, or
-        ``z`` with the prototype composition."""
+        """The embedding of pooled vectors ``z`` ``(B, D)``.
+
+        ``z``, or ``z`` with the attention ``mass`` over the inducing points, or ``z`` with the
+        prototype composition ``comp``.
+        """
         if comp is not None:
             return torch.cat([z.float(), comp.float()], dim=1)
         if mass is None:
@@ -260,153 +186,6 @@ class Maestro(nn.Module):
             log_mass = mass.float().clamp_min(1e-12).log()
             mass = log_mass - log_mass.mean(dim=-1, keepdim=True)  # centred log-ratio per head
         return torch.cat([z.float(), mass.float().flatten(1)], dim=1)
-
-    @torch.no_grad()
-    def encode(
-        self, x: Tensor, *, which: str | None = None, chunk_size: int | None = None
-    ) -> Tensor:
-        """Embedding of one sample from all its cells, streamed; deterministic, no grad.
-
-        Parameters
-        ----------
-        x
-            Raw cells ``(n, d)``, any ``n >= 1``.
-        which
-            ``"teacher"`` or ``"student"`` encoder (default ``config.embed_with``).
-        chunk_size
-            Cells per chunk (default ``config.chunk_size``).
-
-        Returns
-        -------
-        Embedding ``(E,)``, ``E = config.embedding_dim``.
-
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4))
-        >>> model.encode(torch.randn(7, 3), chunk_size=2).shape
-        torch.Size([8])
-        """
-        cells = self._cells(x)
-        readout = self.config.readout
-        if readout == "codebook":  # the learned input layer only: no attention needed
-            return self._codebook_counts(cells, which, chunk_size)[0]
-        mass = readout == "pma+mass"
-        encoder, chunk = self._encoder(which), chunk_size or self.config.chunk_size
-        comp = None if encoder.proto is None else encoder.proto.streamed(cells, chunk)
-        with self._autocast():
-            out = encoder.streamed(cells, chunk, with_mass=mass, composition=comp)
-        z, m = out if mass else (out, None)
-        if readout == "pma+codebook":
-            return torch.cat([z.float(), self._codebook_counts(cells, which, chunk_size)], 1)[0]
-        return self._readout(z, m, comp if readout == "pma+proto" else None)[0]
-
-    def encode_batch(self, x: Tensor, which: str | None = None) -> Tensor:
-        """Embeddings ``(B, E)`` of equally sized raw sets ``(B, n, d)`` in one forward pass.
-
-        The student path keeps gradients (unless the caller disabled them); the teacher path
-        runs without.
-
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4))
-        >>> model.encode_batch(torch.randn(2, 50, 3), which="student").shape
-        torch.Size([2, 8])
-        """
-        encoder = self._encoder(which)
-        if self.config.readout in ("codebook", "pma+codebook"):
-            # hard assignments carry no gradient: the codebook readout of each set
-            cb = torch.cat([self._codebook_counts(self.standardize(s)[None], which, None)
-                            for s in x])  # fmt: skip
-            if self.config.readout == "codebook":
-                return cb
-            z = self.encode_batch_z(x, which)
-            return torch.cat([z.float(), cb], dim=1)
-        mass = self.config.readout == "pma+mass"
-        grad = contextlib.nullcontext() if encoder is self.encoder else torch.no_grad()
-        with grad:
-            cells = self.standardize(x)
-            comp = None if encoder.proto is None else encoder.proto(cells)
-            out = encoder(cells, with_mass=mass, composition=comp)
-        z, m = out if mass else (out, None)
-        return self._readout(z, m, comp if self.config.readout == "pma+proto" else None)
-
-    def encode_batch_z(self, x: Tensor, which: str | None = None) -> Tensor:
-        """The pooled vectors ``z`` ``(B, D)`` of equally sized raw sets ``(B, n, d)``."""
-        encoder = self._encoder(which)
-        grad = contextlib.nullcontext() if encoder is self.encoder else torch.no_grad()
-        with grad:
-            return encoder(self.standardize(x))
-
-    @torch.no_grad()
-    def cell_scores(
-        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
-    ) -> Tensor:
-        """Per-cell attribution: attention rollout from the pooling seed to each cell.
-
-        The PMA seed's attention over the cells, times the cells' attention over the last
-        ISAB's induced points, times those points' attention over the cells (heads averaged),
-        streamed. Scores are non-negative and sum to 1 over the sample.
-
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> model = Maestro(MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4))
-        >>> round(float(model.cell_scores(torch.randn(40, 3)).sum()), 4)
-        1.0
-        """
-        encoder = self._encoder(which)
-        return encoder.cell_scores(self._cells(x), chunk_size or self.config.chunk_size).float()
-
-    def _prototypes(self, which: str | None):
-        pool = self._encoder(which).proto
-        if pool is None:
-            raise ValueError(
-                "This model has no prototype pooling (n_prototypes=0); train one with "
-                "n_prototypes > 0."
-            )
-        return pool
-
-    @torch.no_grad()
-    def composition(
-        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
-    ) -> Tensor:
-        """Prototype composition ``(K,)`` (centred log-ratio) of one sample's raw cells.
-
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, MaestroConfig
-        >>> cfg = MaestroConfig(n_markers=3, latent_dim=8, ff_dim=16, n_inducing=4,
-        ...                     n_prototypes=5)
-        >>> Maestro(cfg).composition(torch.randn(40, 3)).shape
-        torch.Size([5])
-        """
-        pool = self._prototypes(which)
-        return pool.streamed(self._cells(x), chunk_size or self.config.chunk_size)[0].float()
-
-    @torch.no_grad()
-    def prototype_assignments(
-        self, x: Tensor, which: str | None = None, chunk_size: int | None = None
-    ) -> Tensor:
-        """Soft assignment ``(n, K)`` of each raw cell to the prototypes (rows sum to 1).
-
-        Examples
-        --------
-        >>> import torch
-        >>> from maestro_sc.model import Maestro, preset
-        >>> model = Maestro(preset("cpu", n_markers=4, n_prototypes=6))
-        >>> a = model.prototype_assignments(torch.randn(40, 4))
-        >>> a.shape, round(float(a.sum()), 3)
-        (torch.Size([40, 6]), 40.0)
-        """
-        pool, cells = self._prototypes(which), self._cells(x)
-        size = chunk_size or self.config.chunk_size
-        return torch.cat([pool.assignments(cells[0, sl]) for sl in chunks(cells.shape[1], size)])
 
     @torch.no_grad()
     def reconstruct(
@@ -568,12 +347,12 @@ class Maestro(nn.Module):
     def reconstruction_floor(
         self, teacher_sets: Sequence[Tensor], generator: torch.Generator | None = None
     ) -> Tensor:
-        """The reconstruction loss a perfect model would still pay: the Sinkhorn loss between
-        two disjoint random subsets of ``n_sub`` cells of the same sample (same ``epsilon``).
+        """The reconstruction loss a perfect model would still pay.
 
-        Each sample's cells are split in two random halves and ``n_sub`` cells are drawn from
-        each (with replacement when a half is smaller). Returns the mean over samples; the
-        training loss ``rec`` can only approach it.
+        It is the Sinkhorn loss between two disjoint random subsets of ``n_sub`` cells of the
+        same sample (same ``epsilon``): each sample's cells are split in two random halves and
+        ``n_sub`` cells are drawn from each (with replacement when a half is smaller). Returns
+        the mean over samples; the training loss ``rec`` can only approach it.
 
         Examples
         --------
@@ -603,8 +382,9 @@ class Maestro(nn.Module):
         return value.mean()
 
     def _jitter(self, views: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Random per-view, per-marker gain and offset of the student views (``view_shift``,
-        ``view_scale``; off in the paper preset).
+        """Random per-view, per-marker gain and offset of the student views.
+
+        Their sizes are ``view_shift`` and ``view_scale`` (off in the paper preset).
 
         Staining and batch effects move whole markers of a sample; with masking as the only
         augmentation, such offsets identify a sample and are the cheapest thing for the
