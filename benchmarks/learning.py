@@ -330,6 +330,50 @@ def table() -> str:
     return text
 
 
+def compact_table(difficulty: str) -> str:
+    """The docs' table: one row per arm, the paired differences with their 95 % intervals."""
+    rows = [r for r in _rows() if "acc" in r and r["difficulty"] == difficulty]
+    by = {(r["arm"], r["cohort"], r["train_seed"]): r for r in rows}
+    lines = [
+        "| arm | runs (cohorts × seeds) | accuracy | AUROC intensity shift | same-batch NN | "
+        "teacher H / log K | KL (nats) | prototype drift | trained − untrained | "
+        "− best baseline | intensity AUROC − untrained |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm in ["untrained", *ARMS, *BASELINES]:
+        runs = [r for r in rows if r["arm"] == arm]
+        if not runs:
+            continue
+
+        def mean_se(key, runs=runs):
+            v = np.array([r[key] for r in runs])
+            se = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+            return f"{v.mean():.3f} ± {se:.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+        ends = {
+            k: [r["end"][k] for r in runs if k in r.get("end", {})]
+            for k in ("teacher_entropy_frac", "kl", "proto_drift")
+        }
+        cells = [mean_se("acc"), mean_se("auroc_intensity"), mean_se("same_batch")]
+        cells += [f"{np.mean(v):.2f}" if v else "" for v in ends.values()]
+        diffs = ([], [], [])
+        if arm not in BASELINES and arm != "untrained":
+            for r in runs:
+                u = by.get(("untrained", r["cohort"], r["train_seed"]))
+                base = [
+                    by[(b, r["cohort"], 0)]["acc"] for b in BASELINES if (b, r["cohort"], 0) in by
+                ]
+                if u is not None:
+                    diffs[0].append(r["acc"] - u["acc"])
+                    diffs[2].append(r["auroc_intensity"] - u["auroc_intensity"])
+                if base:
+                    diffs[1].append(r["acc"] - max(base))
+        cells += [_interval(d) if d else "" for d in diffs]
+        n = f"{len({r['cohort'] for r in runs})} × {len({r['train_seed'] for r in runs})}"
+        lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _codebook_table() -> list[str]:
     """The codebook readout of each arm, paired with the untrained control's."""
     path = RESULTS / "learning_codebook.jsonl"
@@ -431,6 +475,8 @@ if __name__ == "__main__":
     p_jobs.add_argument("--seeds", type=int, nargs="+", default=[0])
     p_jobs.add_argument("--difficulty", default="easy")
     sub.add_parser("table")
+    p_compact = sub.add_parser("compact")
+    p_compact.add_argument("difficulty")
     p_plot = sub.add_parser("plot")
     p_plot.add_argument("path", type=Path)
     p_re = sub.add_parser("rescore")
@@ -439,6 +485,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.cmd == "run":
         run(args.arm, args.difficulty, args.cohort, args.train_seed, args.n_samples)
+    elif args.cmd == "compact":
+        print(compact_table(args.difficulty))
     elif args.cmd == "plot":
         plot(args.path)
     elif args.cmd == "rescore":
