@@ -335,7 +335,7 @@ def compact_table(difficulty: str) -> str:
     rows = [r for r in _rows() if "acc" in r and r["difficulty"] == difficulty]
     by = {(r["arm"], r["cohort"], r["train_seed"]): r for r in rows}
     lines = [
-        "| arm | runs (cohorts × seeds) | accuracy | AUROC intensity shift | same-batch NN | "
+        "| arm | runs | accuracy | AUROC intensity shift | same-batch NN | "
         "teacher H / log K | KL (nats) | prototype drift | trained − untrained | "
         "− best baseline | intensity AUROC − untrained |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -369,7 +369,10 @@ def compact_table(difficulty: str) -> str:
                 if base:
                     diffs[1].append(r["acc"] - max(base))
         cells += [_interval(d) if d else "" for d in diffs]
-        n = f"{len({r['cohort'] for r in runs})} × {len({r['train_seed'] for r in runs})}"
+        n = (
+            f"{len(runs)} ({len({r['cohort'] for r in runs})} cohorts, "
+            f"{len({r['train_seed'] for r in runs})} seeds)"
+        )
         lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
