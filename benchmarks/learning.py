@@ -377,6 +377,26 @@ def compact_table(difficulty: str) -> str:
     return "\n".join(lines)
 
 
+def parts_table() -> str:
+    """Accuracy of the embedding's parts alone (``z``, the composition) and of the whole."""
+    rows = [r for r in _rows() if "z" in r and "comp" in r]
+    lines = [
+        "| cohorts | arm | runs | `z` alone | composition alone | whole embedding |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for difficulty in sorted({r["difficulty"] for r in rows}):
+        for arm in ["untrained", *ARMS]:
+            runs = [r for r in rows if r["arm"] == arm and r["difficulty"] == difficulty]
+            if not runs:
+                continue
+            z, comp, whole = (np.mean([f(r) for r in runs]) for f in (
+                lambda r: r["z"]["acc"], lambda r: r["comp"]["acc"], lambda r: r["acc"]))  # fmt: skip
+            lines.append(
+                f"| {difficulty} | {arm} | {len(runs)} | {z:.3f} | {comp:.3f} | {whole:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def _codebook_table() -> list[str]:
     """The codebook readout of each arm, paired with the untrained control's."""
     path = RESULTS / "learning_codebook.jsonl"
@@ -489,7 +509,7 @@ if __name__ == "__main__":
     if args.cmd == "run":
         run(args.arm, args.difficulty, args.cohort, args.train_seed, args.n_samples)
     elif args.cmd == "compact":
-        print(compact_table(args.difficulty))
+        print(parts_table() if args.difficulty == "parts" else compact_table(args.difficulty))
     elif args.cmd == "plot":
         plot(args.path)
     elif args.cmd == "rescore":
