@@ -14,6 +14,8 @@ import pytest
 import maestro_sc as mst
 from maestro_sc.datasets._fcs import CHANNELS, synthetic_spillover
 
+from .conftest import TINY
+
 CHANNEL_NAMES = ["FSC-A", "FL1-A", "BL 530/30-A", "Time"]
 
 
@@ -247,21 +249,7 @@ def test_write_synthetic_fcs_bad_arguments(tmp_path):
 # The whole path on freshly written files
 # ------------------------------------------------------------------------------------------
 
-TINY = dict(
-    preset="cpu",
-    max_epochs=1,
-    min_steps=0,
-    latent_dim=8,
-    ff_dim=16,
-    n_heads=2,
-    n_inducing=4,
-    n_sub=32,
-    n_prototypes=8,
-    head_dim=16,
-    head_hidden=16,
-    head_bottleneck=8,
-    batch_size=2,
-)
+TRAIN = dict(preset="cpu", max_epochs=1, **TINY)
 
 
 @pytest.mark.slow
@@ -294,7 +282,7 @@ def test_fcs_files_to_embeddings_and_plots(tmp_path):
     mst.pp.arcsinh(raw, cofactor=5)
     assert np.abs(raw.X - cohort.X).max() > 0.01
 
-    sdata = mst.tl.embed_samples(adata, "sample", progress=False, n_neighbors=3, **TINY)
+    sdata = mst.tl.embed_samples(adata, "sample", progress=False, n_neighbors=3, **TRAIN)
     assert sdata.n_obs == COHORT["n_samples"]
     assert list(sdata.obs_names) == list(pd.read_csv(sheet)["sample"])
     assert np.isfinite(sdata.obsm["X_maestro"]).all()

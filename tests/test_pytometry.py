@@ -13,6 +13,8 @@ import pytest
 
 import maestro_sc as mst
 
+from .conftest import EMBED_DIM, TINY
+
 pm = pytest.importorskip("pytometry")
 flowio = pytest.importorskip("flowio")
 
@@ -32,20 +34,7 @@ BROKEN_REASON = (
 
 COFACTOR = 5
 #: A few seconds of training.
-TINY = dict(
-    preset="cpu",
-    max_epochs=1,
-    min_steps=2,
-    batch_size=3,
-    latent_dim=8,
-    ff_dim=16,
-    n_inducing=4,
-    n_sub=32,
-    n_prototypes=8,
-    head_dim=16,
-    head_hidden=16,
-    head_bottleneck=8,
-)
+TRAIN = dict(preset="cpu", max_epochs=1, **TINY)
 
 
 def spillover(channels: list[str]) -> np.ndarray:
@@ -121,7 +110,7 @@ def test_pytometry_files_to_sample_embeddings(tmp_path, compensator):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*untransformed")  # they are transformed
         sdata = mst.tl.embed_samples(
-            cells, "sample", progress=False, umap=False, random_state=0, **TINY
+            cells, "sample", progress=False, umap=False, random_state=0, **TRAIN
         )
 
     # Compensation and the transform give back the values the raw files were made from.
@@ -130,7 +119,7 @@ def test_pytometry_files_to_sample_embeddings(tmp_path, compensator):
     assert list(sdata.obs_names) == [p.stem for p in paths]
     assert sdata.obs["n_cells"].tolist() == [len(t) for t in truth]
     assert np.isfinite(sdata.obsm["X_maestro"]).all()
-    assert sdata.obsm["X_maestro"].shape[1] == TINY["latent_dim"] + TINY["n_prototypes"]
+    assert sdata.obsm["X_maestro"].shape[1] == EMBED_DIM
 
 
 def test_pytometry_compensate_is_broken_as_described(tmp_path):

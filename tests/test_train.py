@@ -221,21 +221,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 # ------------------------------------------------ keeping the model trained by embed_samples
 
 #: A few seconds of training on a small synthetic cohort.
-SMALL = dict(
-    preset="cpu",
-    max_epochs=1,
-    min_steps=2,
-    batch_size=4,
-    latent_dim=8,
-    ff_dim=16,
-    n_inducing=4,
-    n_sub=32,
-    n_prototypes=8,
-    head_dim=16,
-    head_hidden=16,
-    head_bottleneck=8,
-    random_state=0,
-)
+SMALL = dict(preset="cpu", max_epochs=1, random_state=0, **TINY)
 
 
 def small_cohort(n_samples=8, random_state=0):
