@@ -280,3 +280,25 @@ def warn_overwrite(mapping: Any, key: str, where: str) -> None:
         warnings.warn(
             f"{where}[{key!r}] already exists and is overwritten.", UserWarning, stacklevel=3
         )
+
+
+def centred_log_ratio(p: Any, n_parts: int) -> Any:
+    """Centred log-ratio of compositions ``p`` (last axis), pseudocount ``1 / (4 n_parts)``.
+
+    ``log(p + eps) - mean(log(p + eps))`` over the last axis; ``p`` is a NumPy array or a torch
+    tensor, and the result is of the same kind. The same transform serves the prototype
+    composition of the model, its codebook readout and the log-ratio k-means baseline.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = centred_log_ratio(np.array([[0.5, 0.5, 0.0, 0.0]]), 4)
+    >>> round(float(out.sum()), 6), bool(out[0, 0] > 0 > out[0, 2])
+    (0.0, True)
+    """
+    eps = 1.0 / (4 * n_parts)
+    if isinstance(p, np.ndarray):
+        log_p = np.log(p + eps)
+        return log_p - log_p.mean(axis=-1, keepdims=True)
+    log_p = (p + eps).log()
+    return log_p - log_p.mean(dim=-1, keepdim=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._utils import centred_log_ratio
 from .blocks import chunks
 
 
@@ -119,5 +120,4 @@ def _codebook_counts(self, cells: Tensor, which: str | None, chunk_size: int | N
     k = self.config.n_codebook
     labels = self._assign(cells[0], which, chunk_size)
     p = torch.bincount(labels, minlength=k).float() / max(1, labels.numel())
-    log_p = (p + 1.0 / (4 * k)).log()
-    return (log_p - log_p.mean()).unsqueeze(0)
+    return centred_log_ratio(p, k).unsqueeze(0)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._utils import centred_log_ratio
 from .blocks import chunks
 
 
@@ -51,7 +52,6 @@ class PrototypePool(nn.Module):
         self.proj = nn.Linear(n_prototypes, dim)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
-        self.eps = 1.0 / (4 * n_prototypes)
 
     def assignments(self, x: Tensor) -> Tensor:
         """Soft assignment ``(..., n, K)`` of standardised cells ``(..., n, d)``.
@@ -65,8 +65,7 @@ class PrototypePool(nn.Module):
             return torch.softmax(-d2.clamp_min(0) / self.log_tau.float().exp(), dim=-1)
 
     def _composition(self, counts: Tensor, n: Tensor) -> Tensor:
-        log_p = (counts / n.clamp_min(1.0) + self.eps).log()
-        return log_p - log_p.mean(dim=-1, keepdim=True)
+        return centred_log_ratio(counts / n.clamp_min(1.0), counts.shape[-1])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Composition ``(B, K)`` of sets ``(B, n, d)``; ``mask`` ``(B, n)`` drops cells."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._data import SampleIndex
-from .._utils import check_count, logger
+from .._utils import centred_log_ratio, check_count, logger
 from ._prepare import celltype_proportions
 
 #: Quantiles of :func:`~maestro_sc.tl.baseline_quantiles` (beside the mean).
@@ -105,9 +105,7 @@ def _kmeans(
     rep = _proportions(index, lambda x: model.predict((x - mean) / std), n_clusters)
     if not log_ratio:
         return rep, [f"kmeans_{k}" for k in range(n_clusters)]
-    log_p = np.log(rep + 1.0 / (4 * n_clusters))
-    rep = log_p - log_p.mean(axis=1, keepdims=True)
-    return rep, [f"kmeans_clr_{k}" for k in range(n_clusters)]
+    return centred_log_ratio(rep, n_clusters), [f"kmeans_clr_{k}" for k in range(n_clusters)]
 
 
 def _flowsom(
