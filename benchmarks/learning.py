@@ -61,10 +61,23 @@ ARMS: dict[str, dict] = {
     "de_contrastive_jitter": {"w_con": 1.0, "view_shift": 0.15, "view_scale": 0.05},
     # (e) the batch shortcut: per-view marker offsets and gains at a larger scale
     "e_jitter": {"view_shift": 0.3, "view_scale": 0.1},
+    # budget: (c)+(d) with half the cells per view, twice the steps (about the same wall time)
+    "cd_sub256_x2": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40},
+    # budget: half the cells per view and a narrower feed-forward, 2.4x the steps
+    "cd_sub256_ff64_x24": {
+        "w_con": 1.0,
+        "proto_lr_scale": 10.0,
+        "n_sub": 256,
+        "ff_dim": 64,
+        "max_epochs": 48,
+    },
 }
+#: Untrained controls of arms whose architecture differs from the preset's (same seeds).
+UNTRAINED = {"untrained_ff64": {"ff_dim": 64}}
 #: Every arm states the settings it varies, so a change of the preset's defaults does not
-#: change an arm: the 0.1.0 ``cpu`` preset had no contrastive loss and one learning rate.
-_BASE = {"w_con": 0.0, "proto_lr_scale": 1.0}
+#: change an arm: the 0.1.0 ``cpu`` preset had no contrastive loss and one learning rate, and
+#: trained on 512 cells per view for 20 epochs (at least 100 steps).
+_BASE = {"w_con": 0.0, "proto_lr_scale": 1.0, "n_sub": 512, "max_epochs": 20, "min_steps": 100}
 ARMS = {name: {**_BASE, **overrides} for name, overrides in ARMS.items()}
 MECHANISMS = {
     "monocytosis": "abundance",
@@ -130,7 +143,7 @@ def run(arm: str, difficulty: str, cohort: int, train_seed: int, n_samples: int)
 
     saved = MODELS / f"{arm}_{difficulty}_{cohort}_{train_seed}"
     if (arm, difficulty, cohort, train_seed) in _done():
-        if arm in ("baselines", "untrained") or saved.exists():
+        if arm == "baselines" or arm.startswith("untrained") or saved.exists():
             return
         # scored before models were kept: train again (same seeds), keep the model only
         adata = _cohort(cohort, difficulty, n_samples)
@@ -152,9 +165,10 @@ def run(arm: str, difficulty: str, cohort: int, train_seed: int, n_samples: int)
                       **score(sdata, key)})  # fmt: skip
         _append({**base, "scores": "see rows"})
         return
-    overrides = {} if arm == "untrained" else dict(ARMS[arm])
-    if arm == "untrained":
-        overrides["max_epochs"] = 0
+    if arm.startswith("untrained"):
+        overrides = {**UNTRAINED.get(arm, {}), "max_epochs": 0}
+    else:
+        overrides = dict(ARMS[arm])
     start = time.perf_counter()
     model = mst.tl.pretrain(
         adata, "sample", preset="cpu", random_state=train_seed, progress=False, **overrides
@@ -256,6 +270,15 @@ def rescore(difficulty: str, n_samples: int) -> None:
             print(json.dumps(record), flush=True)
 
 
+def _control(arm: str) -> str:
+    """The untrained control with the same architecture as ``arm``."""
+    overrides = ARMS.get(arm, {})
+    for name, arch in UNTRAINED.items():
+        if all(overrides.get(k) == v for k, v in arch.items()):
+            return name
+    return "untrained"
+
+
 def _rows() -> list[dict]:
     if not JSONL.exists():
         return []
@@ -289,7 +312,7 @@ def table() -> str:
             "acc − best baseline [95 % CI] | intensity AUROC − untrained [95 % CI] |"
         )
         lines.append("|---|---:|---:|" + "---:|" * 15)
-        arms = ["untrained", *ARMS, *BASELINES]
+        arms = ["untrained", *UNTRAINED, *ARMS, *BASELINES]
         by = {(r["arm"], r["cohort"], r["train_seed"]): r for r in sub}
 
         def best_baseline(cohort: int, by=by) -> float | None:
@@ -313,7 +336,7 @@ def table() -> str:
                 cells.append(f"{np.mean(v):.3f} (n={len(v)})" if v else "")
             d_untr, d_base, d_int = [], [], []
             for r in runs:
-                u = by.get(("untrained", r["cohort"], r["train_seed"]))
+                u = by.get((_control(arm), r["cohort"], r["train_seed"]))
                 if u is not None and arm not in BASELINES:
                     d_untr.append(r["acc"] - u["acc"])
                     d_int.append(r["auroc_intensity"] - u["auroc_intensity"])
@@ -340,7 +363,7 @@ def compact_table(difficulty: str) -> str:
         "− best baseline | intensity AUROC − untrained |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for arm in ["untrained", *ARMS, *BASELINES]:
+    for arm in ["untrained", *UNTRAINED, *ARMS, *BASELINES]:
         runs = [r for r in rows if r["arm"] == arm]
         if not runs:
             continue
@@ -357,9 +380,9 @@ def compact_table(difficulty: str) -> str:
         cells = [mean_se("acc"), mean_se("auroc_intensity"), mean_se("same_batch")]
         cells += [f"{np.mean(v):.2f}" if v else "" for v in ends.values()]
         diffs = ([], [], [])
-        if arm not in BASELINES and arm != "untrained":
+        if arm not in BASELINES and not arm.startswith("untrained"):
             for r in runs:
-                u = by.get(("untrained", r["cohort"], r["train_seed"]))
+                u = by.get((_control(arm), r["cohort"], r["train_seed"]))
                 base = [
                     by[(b, r["cohort"], 0)]["acc"] for b in BASELINES if (b, r["cohort"], 0) in by
                 ]
@@ -374,6 +397,28 @@ def compact_table(difficulty: str) -> str:
             f"{len({r['train_seed'] for r in runs})} seeds)"
         )
         lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(arm: str, reference: str) -> str:
+    """Paired differences ``arm - reference`` (same cohort and training seed), per difficulty."""
+    rows = [r for r in _rows() if "acc" in r]
+    by = {(r["arm"], r["difficulty"], r["cohort"], r["train_seed"]): r for r in rows}
+    lines = [
+        f"| cohorts | pairs | {arm} − {reference}: accuracy | intensity AUROC |",
+        "|---|---:|---:|---:|",
+    ]
+    for difficulty in ("easy", "hard"):
+        pairs = [
+            (r, by[(reference, *key[1:])])
+            for key, r in by.items()
+            if key[0] == arm and key[1] == difficulty and (reference, *key[1:]) in by
+        ]
+        if not pairs:
+            continue
+        acc = [a["acc"] - b["acc"] for a, b in pairs]
+        auc = [a["auroc_intensity"] - b["auroc_intensity"] for a, b in pairs]
+        lines.append(f"| {difficulty} | {len(pairs)} | {_interval(acc)} | {_interval(auc)} |")
     return "\n".join(lines)
 
 
@@ -487,7 +532,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run")
-    p_run.add_argument("arm", choices=[*ARMS, "untrained", "baselines"])
+    p_run.add_argument("arm", choices=[*ARMS, "untrained", *UNTRAINED, "baselines"])
     p_run.add_argument("difficulty", choices=["easy", "hard"])
     p_run.add_argument("cohort", type=int)
     p_run.add_argument("train_seed", type=int)
@@ -500,6 +545,9 @@ if __name__ == "__main__":
     sub.add_parser("table")
     p_compact = sub.add_parser("compact")
     p_compact.add_argument("difficulty")
+    p_cmp = sub.add_parser("compare")
+    p_cmp.add_argument("arm")
+    p_cmp.add_argument("reference")
     p_plot = sub.add_parser("plot")
     p_plot.add_argument("path", type=Path)
     p_re = sub.add_parser("rescore")
@@ -510,6 +558,8 @@ if __name__ == "__main__":
         run(args.arm, args.difficulty, args.cohort, args.train_seed, args.n_samples)
     elif args.cmd == "compact":
         print(parts_table() if args.difficulty == "parts" else compact_table(args.difficulty))
+    elif args.cmd == "compare":
+        print(compare(args.arm, args.reference))
     elif args.cmd == "plot":
         plot(args.path)
     elif args.cmd == "rescore":

@@ -1,5 +1,7 @@
 """Every tutorial notebook runs from top to bottom, in a reduced size, so a stale one fails CI.
 
+The stored notebooks must also hold the outputs of one full run, in order and without errors.
+
 Each ``tutorials/*.ipynb`` is executed with nbclient on a copy (the repository's file is not
 touched) in a fresh temporary working directory, on a kernel that runs this interpreter
 (``sys.executable``: a kernelspec written to a temporary ``JUPYTER_PATH``). A first code cell
@@ -106,6 +108,24 @@ def test_every_tutorial_is_collected():
         "evaluation.ipynb",
         "fcs_to_embeddings.ipynb",
     }
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_stored_tutorial_is_a_full_run(path):
+    """The stored notebook holds the outputs of one run, top to bottom, without errors."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert None not in counts, (
+        f"{path.name}: code cell {counts.index(None)} was not executed; run the notebook top "
+        "to bottom and store it with its outputs"
+    )
+    assert counts == list(range(1, len(code) + 1)), f"{path.name}: cells ran out of order"
+    errors = [
+        i for i, c in enumerate(code) if any(o["output_type"] == "error" for o in c["outputs"])
+    ]
+    assert not errors, f"{path.name}: code cells {errors} stored an error"
+    assert sum(bool(c["outputs"]) for c in code) >= len(code) // 2
 
 
 @pytest.mark.slow

@@ -208,7 +208,7 @@ def pretrain(
     Examples
     --------
     One epoch of one step, to keep the example short (the ``cpu`` preset otherwise trains for
-    at least ``min_steps=100`` steps):
+    at least ``min_steps=200`` steps):
 
     >>> import maestro_sc as mst
     >>> adata = mst.datasets.synthetic_cohort(n_samples=8, random_state=0)
