@@ -392,9 +392,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(int(t) for t in args.threads.split(",")))
     print(f"# machine: {machine()}")
+    from maestro_sc.model.config import preset
+
+    cfg = preset("cpu", n_markers=N_MARKERS)
     print(
-        "# model: cpu preset (D=64, ff=128, m=32, 3 ISAB + PMA), 30 markers, untrained, "
-        "streamed teacher encoder, chunk 16384"
+        f"# model: cpu preset (D={cfg.latent_dim}, ff={cfg.ff_dim}, m={cfg.n_inducing}, "
+        f"3 ISAB + PMA), {N_MARKERS} markers, untrained, streamed teacher encoder, "
+        f"chunk {cfg.chunk_size} unless a row says otherwise"
     )
     records = []
     flops = run_worker(["flops"])
