@@ -2,8 +2,8 @@
 
 For one data set, trains MAESTRO with a preset (plus ``--set key=value`` overrides), embeds with
 the teacher and the student, scores the untrained encoder as a control, builds the baselines
-(means, quantiles, k-means 32/128 proportions, FlowSOM, gated proportions where a gating
-exists) and evaluates all with the paper's protocol (linear probe, nearest-neighbour agreement,
+(means, quantiles, k-means 32/128 proportions and log-ratio k-means 32/128, FlowSOM, gated
+proportions where a gating exists) and evaluates all with the paper's protocol (linear probe, nearest-neighbour agreement,
 cell-type proportion retrieval). Prints the machine, a markdown table and appends one JSON line
 per representation to ``--out``.
 
@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     reps = ["X_maestro", "X_maestro_student", "X_untrained"]
     timings = {"X_maestro": train_s}
     if not args.no_baselines:
-        methods = ["means", "quantiles", "kmeans32", "kmeans128", "flowsom"]
+        methods = ["means", "quantiles", "kmeans32", "kmeans128", "kmeans_clr32"]
+        methods += ["kmeans_clr128", "flowsom"]
         if spec.get("cell_type_key"):
             methods.append("gated")
         mst.tl.add_baselines(
