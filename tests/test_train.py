@@ -200,14 +200,15 @@ def test_ddp_two_cpu_processes(tmp_path):
             obs = pd.DataFrame({{"sample": np.repeat([f"s{{i}}" for i in range(8)], 200)}})
             obs.index = obs.index.astype(str)
             adata = ad.AnnData(x, obs=obs)
-            model = mst.tl.pretrain(adata, "sample", preset="cpu", max_epochs=1, progress=False,
+            model = mst.tl.pretrain(adata, "sample", preset="cpu", max_epochs=4, progress=False,
                                     accelerator="cpu", devices=2, strategy="ddp",
                                     **{TINY!r})
             if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
                 raise SystemExit(0)
             z = model.embed(adata, "sample", progress=False)
             assert np.isfinite(z.to_numpy()).all() and z.shape[0] == 8
-            print("DDP_OK", model.summary["steps"])
+            lr = model.history["lr"].to_numpy()
+            print("DDP_OK", model.summary["steps"], lr[-1] / lr[0])
             """
         )
     )
@@ -216,6 +217,24 @@ def test_ddp_two_cpu_processes(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DDP_OK" in result.stdout
+    # 8 samples, batch 4, 4 epochs: 8 steps on one device, 4 per process on two. The cosine
+    # schedule spans the 4 steps each process takes: at the last one (3 / 4 of the way) the
+    # learning rate is down to about 0.15 of its start (0.69 if it spanned 8).
+    steps, ratio = result.stdout.split("DDP_OK")[1].split()[:2]
+    assert int(steps) == 4
+    assert float(ratio) < 0.3
+
+
+def test_schedule_spans_this_process_share_of_the_steps(cohort, train, monkeypatch):
+    """As rank 0 of 2 (each process draws every second sample), the schedules end on time."""
+    from maestro_sc.train.data import EpochSampler
+
+    monkeypatch.setattr(EpochSampler, "_rank", lambda self: (0, 2))
+    model = train(cohort, max_epochs=4)  # 8 samples, batch 4: 1 step per epoch and process
+    lr = model.history["lr"].to_numpy()
+    assert model.summary["steps"] == len(lr) == 4
+    # at step 3 of 4 the cosine is at 3/4 of its way: 0.15 of the start, 0.69 if it spanned 8
+    assert lr[-1] / lr[0] < 0.3
 
 
 # ------------------------------------------------ keeping the model trained by embed_samples

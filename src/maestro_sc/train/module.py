@@ -73,6 +73,17 @@ class MaestroTrainingPlan(pl.LightningModule):
             )
         return out["loss"]
 
+    def on_fit_start(self) -> None:
+        """Span the schedules over the steps this process takes.
+
+        With several devices each process takes its share of every epoch's batches, so the
+        learning-rate and EMA schedules must end after ``max_epochs`` times that share, not
+        after the single-device count the plan was built with.
+        """
+        estimated = self.trainer.estimated_stepping_batches
+        if math.isfinite(estimated) and estimated > 0:
+            self.total_steps = max(1, int(estimated))
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Update the EMA teacher after the optimiser step, with the scheduled momentum."""
         cfg = self.net.config
