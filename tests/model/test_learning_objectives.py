@@ -3,6 +3,7 @@ codebook readout."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,16 @@ def test_codebook_needs_a_size(tiny):
         tiny(readout="codebook")
     with pytest.raises(ValueError, match="no codebook"):
         Maestro(tiny()).codebook_composition(torch.randn(5, 5))
+
+
+def test_codebook_with_few_distinct_cells_and_bad_cells(tiny):
+    """The codebook shares the prototypes' rule: few distinct cells are each used, cyclically."""
+    model = Maestro(tiny(n_codebook=4, readout="codebook"))
+    two = torch.tensor([[0.0] * 5, [1.0] * 5]).repeat(10, 1)
+    model.set_scaler(two.mean(0), two.std(0))
+    model.fit_codebook(two)
+    states = model.teacher_encoder.embed(model.standardize(two[:2])).double()
+    distinct = torch.from_numpy(np.unique(states.numpy(), axis=0)).to(model.codebook)
+    torch.testing.assert_close(model.codebook, distinct[[0, 1, 0, 1]])
+    with pytest.raises(ValueError, match="codebook needs finite cells"):
+        model.fit_codebook(torch.full((6, 5), float("nan")))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .._utils import centred_log_ratio
 from .blocks import chunks
+from .prototypes import choose_centers
 
 
 @torch.no_grad()
@@ -42,16 +43,12 @@ def fit_codebook(self, cells: Tensor, random_state: int = 0) -> None:
         return
     from sklearn.cluster import MiniBatchKMeans
 
-    states = self.teacher_encoder.embed(self.standardize(cells)).double().cpu().numpy()
-    if states.shape[0] == 0 or not np.isfinite(states).all():
-        raise ValueError("Fitting the codebook needs finite cells; got none or non-finite.")
-    k = self.config.n_codebook
-    distinct = np.unique(states, axis=0)
-    if len(distinct) <= k:
-        centers = distinct[np.arange(k) % len(distinct)]
-    else:
+    def kmeans(x: np.ndarray, k: int) -> np.ndarray:
         km = MiniBatchKMeans(k, batch_size=4096, n_init=3, random_state=random_state)
-        centers = km.fit(states).cluster_centers_
+        return km.fit(x).cluster_centers_
+
+    states = self.teacher_encoder.embed(self.standardize(cells)).double().cpu().numpy()
+    centers = choose_centers(states, self.config.n_codebook, kmeans, "Fitting the codebook")
     self.codebook.copy_(torch.from_numpy(centers).to(self.codebook))
 
 

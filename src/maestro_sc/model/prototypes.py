@@ -20,6 +20,7 @@ k-means++ draw of the training cells (:meth:`PrototypePool.initialize`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,6 +28,23 @@ from torch import Tensor, nn
 
 from .._utils import centred_log_ratio
 from .blocks import chunks
+
+
+def choose_centers(
+    x: np.ndarray, k: int, fit: Callable[[np.ndarray, int], np.ndarray], what: str
+) -> np.ndarray:
+    """``k`` centres ``(k, d)`` for the points ``x`` ``(N, d)``: ``fit(x, k)``, checked.
+
+    With no more than ``k`` distinct points, each distinct point is used, cyclically
+    (duplicate centres share their counts), and ``fit`` is not called. ``what`` names the
+    caller in the error raised for no points or non-finite ones.
+    """
+    if x.shape[0] == 0 or not np.isfinite(x).all():
+        raise ValueError(f"{what} needs finite cells; got none or non-finite values.")
+    distinct = np.unique(x, axis=0)
+    if len(distinct) <= k:
+        return distinct[np.arange(k) % len(distinct)]
+    return fit(x, k)
 
 
 class PrototypePool(nn.Module):
@@ -93,18 +111,12 @@ class PrototypePool(nn.Module):
         """
         from sklearn.cluster import kmeans_plusplus
 
-        k = self.prototypes.shape[0]
-        x = cells.double().cpu().numpy()
-        if x.shape[0] == 0 or not np.isfinite(x).all():
-            raise ValueError(
-                "Prototype initialisation needs finite cells; got none or non-finite values."
-            )
-        distinct = np.unique(x, axis=0)
-        if len(distinct) <= k:
-            # fewer distinct cells than prototypes: use each, cyclically (duplicates share counts)
-            centers = distinct[np.arange(k) % len(distinct)]
-        else:
-            centers, _ = kmeans_plusplus(x, k, random_state=random_state)
+        centers = choose_centers(
+            cells.double().cpu().numpy(),
+            self.prototypes.shape[0],
+            lambda x, k: kmeans_plusplus(x, k, random_state=random_state)[0],
+            "Prototype initialisation",
+        )
         c = torch.from_numpy(centers).to(self.prototypes)
         self.prototypes.copy_(c)
         d2 = torch.cdist(cells.to(c), c).pow(2).min(dim=1).values
