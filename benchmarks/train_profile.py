@@ -39,6 +39,7 @@ from maestro_sc._data import SampleIndex
 from maestro_sc.model.config import preset
 from maestro_sc.model.maestro import Maestro
 from maestro_sc.tl._embed import marker_scaler
+from maestro_sc.train.module import make_optimizer
 from maestro_sc.train.data import EpochSampler, SampleSetDataset, collate_sets
 
 PARTS = (
@@ -113,10 +114,10 @@ def batches(dataset, cfg, seed: int):
         epoch += 1
 
 
-def make_step(net: Maestro, data, seed: int):
+def make_step(net: Maestro, data, seed: int, fused: bool = True):
     cfg = net.config
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(net, fused=fused)
     state = {"step": 0}
 
     def step() -> dict:

@@ -27,6 +27,65 @@ def test_mha_matches_textbook_attention():
     torch.testing.assert_close(streamed, expected, atol=1e-6, rtol=1e-5)
 
 
+def test_single_key_attention_is_that_keys_value():
+    # softmax over one key is 1: the shortcut must equal the full computation
+    mha = MultiheadAttention(8, 2)
+    x, y = torch.randn(3, 5, 8), torch.randn(3, 1, 8)
+    k, v = mha.keys_values(y)
+    full = mha._merge(torch.nn.functional.scaled_dot_product_attention(mha._split(mha.q(x)), k, v))
+    out = mha(x, y)
+    assert out.shape == (3, 5, 8)
+    torch.testing.assert_close(out, full, atol=1e-6, rtol=1e-5)
+    out.sum().backward()
+    # the query weights stay in the graph (data-parallel training needs every weight used)
+    assert mha.q.weight.grad is not None and float(mha.q.weight.grad.abs().max()) == 0.0
+
+
+def test_key_bias_counts_a_key_as_copies():
+    # a key with bias log(3) attends like three identical keys
+    mha = MultiheadAttention(8, 2)
+    x, y = torch.randn(2, 4, 8), torch.randn(2, 6, 8)
+    copies = torch.cat([y, y[:, -1:].expand(-1, 2, -1)], dim=1)
+    bias = torch.zeros(2, 6)
+    bias[:, -1] = math.log(3)
+    torch.testing.assert_close(mha(x, y, key_bias=bias), mha(x, copies), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rates", [(0.2, 0.4, 0.6, 0.8), (0.0, 0.5), (0.9,)])
+def test_masked_sets_encoded_once_per_mask_token(rates):
+    # the training path encodes each view's unmasked cells and one weighted mask token; it must
+    # give the same z and the same gradients as running every cell through the encoder
+    from maestro_sc.model.masking import multi_rate_masks
+
+    model = Maestro(tiny_config())
+    enc = model.encoder
+    x = torch.randn(3, 40, 5)
+    masks = multi_rate_masks(x, rates, "block", torch.Generator().manual_seed(1))
+    views = x.repeat_interleave(len(rates), dim=0)
+
+    def every_cell():
+        h = enc.cells(views, masks)
+        for isab in enc.isabs:
+            h = isab(h)
+        comp = None if enc.proto is None else enc.proto(views, masks)
+        return enc._with_composition(enc.pool(h)[:, 0], comp)
+
+    weights = torch.randn(views.shape[0], 16)
+    grads = []
+    for fn in (every_cell, lambda: enc(views, masks)):
+        enc.zero_grad()
+        z = fn()
+        (z * weights).sum().backward()
+        grads.append((z.detach(), {n: p.grad.clone() for n, p in enc.named_parameters()}))
+    (z_ref, g_ref), (z_new, g_new) = grads
+    torch.testing.assert_close(z_new, z_ref, atol=1e-5, rtol=1e-4)
+    assert g_ref.keys() == g_new.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_new[name], g_ref[name], atol=1e-5, rtol=1e-4)
+    if any(rates):
+        assert float(g_new["mask_token"].abs().max()) > 0
+
+
 def test_permutation_invariance():
     model = Maestro(tiny_config())
     x = torch.randn(300, 5)

@@ -62,6 +62,39 @@ def test_prototype_learning_rate_scale(tiny):
     assert len(lrs) == n_params  # every trainable parameter exactly once
 
 
+def test_fused_adamw_only_at_full_precision(tiny):
+    # the fused AdamW is the same update as the per-tensor loop, to float round-off
+    from types import SimpleNamespace
+
+    from maestro_sc.train.module import make_optimizer
+
+    cfg = tiny(n_prototypes=6, readout="pma+proto", proto_lr_scale=10.0)
+    torch.manual_seed(0)
+    nets = [Maestro(cfg), Maestro(cfg)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    first = {k: v.clone() for k, v in nets[0].state_dict().items()}
+    opts = [make_optimizer(nets[0], fused=True), make_optimizer(nets[1], fused=False)]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # the same gradients for both: the updates must agree
+        grads = [torch.randn(p.shape, generator=gen) for p in nets[0].parameters()]
+        for net, opt in zip(nets, opts, strict=True):
+            for p, grad in zip(net.parameters(), grads, strict=True):
+                p.grad = grad.clone() if p.requires_grad else None
+            opt.step()
+    moved = 0.0
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        moved = max(moved, float((a.detach() - first[name]).abs().max()))
+    assert moved > 1e-3  # the weights did move: the comparison is not of two starts
+    # mixed precision clips unscaled gradients itself, which a fused AdamW refuses
+    plan = MaestroTrainingPlan(Maestro(cfg), total_steps=10)
+    plan._trainer = SimpleNamespace(precision="bf16-mixed")
+    assert not plan.configure_optimizers()["optimizer"].defaults["fused"]
+    plan._trainer = SimpleNamespace(precision="32-true")
+    assert plan.configure_optimizers()["optimizer"].defaults["fused"]
+
+
 def test_reconstruction_floor_is_the_same_sample_ot(tiny):
     model = Maestro(tiny())
     same = [torch.randn(400, 5) for _ in range(2)]

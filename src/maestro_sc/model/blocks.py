@@ -55,11 +55,23 @@ class MultiheadAttention(nn.Module):
         k, v = self.kv(y).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """``MHA(X, Y, Y)``: queries from ``x`` ``(B, Lq, D)``, keys/values from ``y``."""
+    def forward(self, x: Tensor, y: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """``MHA(X, Y, Y)``: queries from ``x`` ``(B, Lq, D)``, keys/values from ``y``.
+
+        ``key_bias`` ``(B, Lk)`` is added to every query's scores on each key: ``log w`` makes a
+        key count as ``w`` identical keys (see :meth:`SetEncoder.forward
+        <maestro_sc.model.encoder.SetEncoder.forward>`).
+        """
         k, v = self.keys_values(y)
+        if k.shape[-2] == 1 and key_bias is None:
+            # a softmax over one key is 1: every query receives that key's value, whatever the
+            # query. The query projection, whose gradient is exactly 0 here either way, stays in
+            # the graph at no cost so that data-parallel training sees every parameter used.
+            single = self._merge(v) + 0.0 * self.q(x[:, :1]).sum()
+            return single.expand(-1, x.shape[1], -1)
         q = self._split(self.q(x))
-        return self._merge(F.scaled_dot_product_attention(q, k, v))
+        mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
+        return self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
     def weights(self, x: Tensor, y: Tensor) -> Tensor:
         """Attention probabilities ``(B, heads, Lq, Lk)`` of ``MHA(X, Y, Y)``."""
@@ -127,9 +139,12 @@ class MAB(nn.Module):
         h = self.norm1(x + attended)
         return self.norm2(h + self.ff(h))
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """``MAB(X, Y)``: queries ``x`` ``(B, n, D)`` attend to ``y`` ``(B, m, D)``."""
-        return self.finish(x, self.attn(x, y))
+    def forward(self, x: Tensor, y: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """``MAB(X, Y)``: queries ``x`` ``(B, n, D)`` attend to ``y`` ``(B, m, D)``.
+
+        ``key_bias`` as in :meth:`MultiheadAttention.forward`.
+        """
+        return self.finish(x, self.attn(x, y, key_bias))
 
     def streamed(self, x: Tensor, y: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
         """Same as ``forward`` for few queries ``x`` over many keys ``y``, chunked over ``y``.
@@ -164,17 +179,17 @@ class ISAB(nn.Module):
         self.mab_induce = MAB(dim, n_heads, ff_dim)
         self.mab_cells = MAB(dim, n_heads, ff_dim)
 
-    def induced(self, x: Tensor) -> Tensor:
-        """``H = MAB(I, X)``, shape ``(B, m, D)``."""
-        return self.mab_induce(self.inducing.expand(x.shape[0], -1, -1), x)
+    def induced(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """``H = MAB(I, X)``, shape ``(B, m, D)``; ``key_bias`` weights the cells."""
+        return self.mab_induce(self.inducing.expand(x.shape[0], -1, -1), x, key_bias)
 
     def induced_streamed(self, x: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
         """``H = MAB(I, X)`` over cell chunks, and its attention log normaliser."""
         return self.mab_induce.streamed(self.inducing.expand(x.shape[0], -1, -1), x, chunk_size)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``ISAB_m(X)``, same shape as ``x``."""
-        return self.mab_cells(x, self.induced(x))
+    def forward(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """``ISAB_m(X)``, same shape as ``x``; ``key_bias`` ``(B, n)`` weights the cells."""
+        return self.mab_cells(x, self.induced(x, key_bias))
 
 
 class PMA(nn.Module):
@@ -185,9 +200,9 @@ class PMA(nn.Module):
         self.seeds = nn.Parameter(torch.randn(1, n_seeds, dim) / math.sqrt(dim))
         self.mab = MAB(dim, n_heads, ff_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``PMA_k(X)``, shape ``(B, k, D)``."""
-        return self.mab(self.seeds.expand(x.shape[0], -1, -1), x)
+    def forward(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """``PMA_k(X)``, shape ``(B, k, D)``; ``key_bias`` ``(B, n)`` weights the cells."""
+        return self.mab(self.seeds.expand(x.shape[0], -1, -1), x, key_bias)
 
     def streamed(self, x: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
         """``PMA_k(X)`` over cell chunks, and its attention log normaliser."""

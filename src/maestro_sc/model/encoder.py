@@ -93,19 +93,53 @@ class SetEncoder(nn.Module):
         ``(B, heads, m)``. ``composition`` is ``self.proto(x, mask)`` when the caller already
         has it (computed here otherwise).
         """
-        h = self.cells(x, mask)
-        for isab in self.isabs[:-1]:
-            h = isab(h)
-        last = self.isabs[-1]
-        induced = last.induced(h)
-        h_last = last.mab_cells(h, induced)
-        z = self.pool(h_last)[:, 0]
+        if mask is not None and not with_mass and bool(mask.any()):
+            z = self._pooled_masked(x, mask)
+        else:
+            h = self.cells(x, mask)
+            for isab in self.isabs[:-1]:
+                h = isab(h)
+            last = self.isabs[-1]
+            induced = last.induced(h)
+            h_last = last.mab_cells(h, induced)
+            z = self.pool(h_last)[:, 0]
         if self.proto is not None and composition is None:
             composition = self.proto(x, mask)
         z = self._with_composition(z, composition)
         if not with_mass:
             return z
         return z, last.mab_cells.attn.weights(h, induced).mean(dim=2)
+
+    def _pooled_masked(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Pooled vectors ``(B, D)`` of masked sets, the mask token computed once per set.
+
+        Every masked cell of a set enters as the same mask token, and every layer treats each
+        cell on its own (feed-forward, LayerNorm, its attention over the set's induced points)
+        except the attention *over* the cells (``MAB(I, X)`` and PMA). So the masked cells stay
+        identical through the encoder, and a set is encoded as its unmasked cells plus one mask
+        token whose attention weight counts it ``k`` times (a key bias of ``log k``). The
+        result equals encoding all ``n`` cells (to float round-off), at the cost of the
+        unmasked ones. Sets with the same number of masked cells (one per mask rate) run
+        together.
+        """
+        n, n_masked = x.shape[1], mask.sum(dim=1)
+        parts, order = [], []
+        for k in n_masked.unique().tolist():
+            rows = (n_masked == k).nonzero().squeeze(1)
+            # stable sort on the mask: the unmasked cells first, in their order
+            kept = torch.sort(mask[rows].to(torch.uint8), dim=1, stable=True).indices[:, : n - k]
+            h = self.embed(x[rows].gather(1, kept.unsqueeze(-1).expand(-1, -1, x.shape[-1])))
+            bias = None
+            if k:
+                token = self.mask_token.to(h.dtype).expand(len(rows), 1, -1)
+                h = torch.cat([h, token], dim=1)
+                bias = torch.zeros(h.shape[:2], device=h.device)
+                bias[:, -1] = math.log(k)
+            for isab in self.isabs:
+                h = isab(h, bias)
+            parts.append(self.pool(h, bias)[:, 0])
+            order.append(rows)
+        return torch.cat(parts)[torch.cat(order).argsort()]
 
     def _trace(self, x: Tensor, chunk_size: int) -> _Trace:
         h = torch.cat([self.cells(x[:, sl]) for sl in chunks(x.shape[1], chunk_size)], dim=1)
