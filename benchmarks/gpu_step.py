@@ -48,7 +48,12 @@ def step_benchmark(name, n_sub, n_teacher, d, device, repeats, dtype, **override
     cfg = preset(name, n_markers=d, n_sub=n_sub, dtype=dtype, **overrides)
     net = Maestro(cfg).to(device)
     net.set_scaler(torch.zeros(d, device=device), torch.ones(d, device=device))
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    try:  # as pretrain builds it (needs pytorch-lightning); bf16 autocast keeps AdamW unfused
+        from maestro_sc.train.module import make_optimizer
+
+        opt = make_optimizer(net, fused=dtype != "bfloat16")
+    except ImportError:
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
     students = torch.randn(cfg.batch_size, n_sub, d, device=device)
     teachers = [torch.randn(n_teacher, d, device=device) for _ in range(cfg.batch_size)]
     autocast = (

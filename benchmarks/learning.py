@@ -65,6 +65,9 @@ ARMS: dict[str, dict] = {
     "cd_sub256_x2": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40},
     # budget: a quarter of the cells per view, 3.15x the steps (about the same wall time)
     "cd_sub128_x315": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 128, "max_epochs": 63},
+    # the same settings as cd_sub256_x2 on the code whose step encodes each view's mask token
+    # once and uses a fused AdamW (the same model to float round-off): learning must not change
+    "cd_sub256_x2_fast": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40},
     # budget: half the cells per view and a narrower feed-forward, 2.4x the steps
     "cd_sub256_ff64_x24": {
         "w_con": 1.0,

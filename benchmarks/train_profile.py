@@ -39,8 +39,12 @@ from maestro_sc._data import SampleIndex
 from maestro_sc.model.config import preset
 from maestro_sc.model.maestro import Maestro
 from maestro_sc.tl._embed import marker_scaler
-from maestro_sc.train.module import make_optimizer
 from maestro_sc.train.data import EpochSampler, SampleSetDataset, collate_sets
+
+try:
+    from maestro_sc.train.module import make_optimizer
+except ImportError:  # older code under comparison (before/after runs): its plain AdamW
+    make_optimizer = None
 
 PARTS = (
     "data loading",
@@ -72,7 +76,10 @@ def label_parts(net: Maestro) -> None:
     net.encoder.forward = labelled(net.encoder.forward, "student encoder")
     net.decoder.forward = labelled(net.decoder.forward, "decoder")
     net.head.forward = labelled(net.head.forward, "distillation (head + loss)")
-    net._teacher_forward = labelled(net._teacher_forward, "teacher (encoder + head)")
+    # the teacher pass was ``_teacher_logits`` in version 0.1.0 (before/after runs)
+    for name in ("_teacher_forward", "_teacher_logits"):
+        if hasattr(net, name):
+            setattr(net, name, labelled(getattr(net, name), "teacher (encoder + head)"))
     for name, label in (
         ("sinkhorn_cost", "sinkhorn"),
         ("multi_rate_masks", "masking"),
@@ -117,7 +124,10 @@ def batches(dataset, cfg, seed: int):
 def make_step(net: Maestro, data, seed: int, fused: bool = True):
     cfg = net.config
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = make_optimizer(net, fused=fused)
+    if make_optimizer is None:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = make_optimizer(net, fused=fused)
     state = {"step": 0}
 
     def step() -> dict:
@@ -146,11 +156,41 @@ def make_step(net: Maestro, data, seed: int, fused: bool = True):
     return step
 
 
+def profile_parts(step, n_steps: int) -> dict:
+    """Share of each part of the step, from ``torch.profiler`` over ``n_steps`` steps."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        prof_runs = [step() for _ in range(n_steps)]
+    total_us = sum(r["step"] for r in prof_runs) * 1e6
+    events = {e.key: e for e in prof.key_averages()}
+    shares = {}
+    for part in PARTS:
+        e = events.get(part)
+        shares[part] = (e.cpu_time_total if e is not None else 0.0) / total_us
+    shares["other (loss glue, python)"] = max(0.0, 1 - sum(shares.values()))
+    print(
+        f"\nprofile of {n_steps} steps ({total_us / 1e6 / n_steps:.3f} s "
+        "per step under the profiler):"
+    )
+    print("| part | share of step | ms per step |")
+    print("|---|---:|---:|")
+    for part, share in sorted(shares.items(), key=lambda kv: -kv[1]):
+        print(
+            f"| {part} | {100 * share:.1f} % | {share * total_us / 1e3 / n_steps:.0f} |"
+        )
+    slowest = max((p for p in shares if p in PARTS), key=shares.get)
+    print(
+        f"slowest part: {slowest}; data loading {100 * shares['data loading']:.1f} % "
+        f"({'not ' if shares['data loading'] < 0.1 else ''}a bottleneck)"
+    )
+
+    return shares
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=40, help="samples in the cohort")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (no profiler)")
-    parser.add_argument("--profile-steps", type=int, default=5)
+    parser.add_argument("--profile-steps", type=int, default=5, help="0: no profile")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
         "--pretrain-steps",
@@ -169,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="append the record to this file")
+    parser.add_argument("--label", default="", help="a name for the record (--json)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# machine: {machine()}")
+    print(f"# code: {mst.__file__}")
     adata, index, net, dataset = setup(args.samples, args.seed, args.preset, **json.loads(args.set))
     cfg = net.config
     net.train()
@@ -199,35 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(cap {cfg.ot_max_iter})"
     )
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        prof_runs = [step() for _ in range(args.profile_steps)]
-    total_us = sum(r["step"] for r in prof_runs) * 1e6
-    events = {e.key: e for e in prof.key_averages()}
-    shares = {}
-    for part in PARTS:
-        e = events.get(part)
-        shares[part] = (e.cpu_time_total if e is not None else 0.0) / total_us
-    shares["other (loss glue, python)"] = max(0.0, 1 - sum(shares.values()))
-    print(
-        f"\nprofile of {args.profile_steps} steps ({total_us / 1e6 / args.profile_steps:.3f} s "
-        "per step under the profiler):"
-    )
-    print("| part | share of step | ms per step |")
-    print("|---|---:|---:|")
-    for part, share in sorted(shares.items(), key=lambda kv: -kv[1]):
-        print(
-            f"| {part} | {100 * share:.1f} % | {share * total_us / 1e3 / args.profile_steps:.0f} |"
-        )
-    slowest = max((p for p in shares if p in PARTS), key=shares.get)
-    print(
-        f"slowest part: {slowest}; data loading {100 * shares['data loading']:.1f} % "
-        f"({'not ' if shares['data loading'] < 0.1 else ''}a bottleneck)"
-    )
-
+    shares = profile_parts(step, args.profile_steps) if args.profile_steps else {}
     record = {
         "machine": machine(),
         "threads": torch.get_num_threads(),
         "batch": cfg.batch_size,
+        "label": args.label,
+        "step_s": step_s,
         "step_s_min": best,
         "step_s_median": median,
         "samples_per_s_best": cfg.batch_size / best,

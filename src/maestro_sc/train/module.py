@@ -56,9 +56,7 @@ def make_optimizer(net: Maestro, fused: bool = True) -> torch.optim.AdamW:
         )
     devices = {p.device.type for group in groups for p in group["params"]}
     fused = fused and devices <= {"cpu", "cuda"}
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
-    )
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 class MaestroTrainingPlan(pl.LightningModule):
