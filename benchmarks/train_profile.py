@@ -174,9 +174,7 @@ def profile_parts(step, n_steps: int) -> dict:
     print("| part | share of step | ms per step |")
     print("|---|---:|---:|")
     for part, share in sorted(shares.items(), key=lambda kv: -kv[1]):
-        print(
-            f"| {part} | {100 * share:.1f} % | {share * total_us / 1e3 / n_steps:.0f} |"
-        )
+        print(f"| {part} | {100 * share:.1f} % | {share * total_us / 1e3 / n_steps:.0f} |")
     slowest = max((p for p in shares if p in PARTS), key=shares.get)
     print(
         f"slowest part: {slowest}; data loading {100 * shares['data loading']:.1f} % "
