@@ -169,3 +169,23 @@ def test_scaler_standardises():
     torch.testing.assert_close(out, torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="shape"):
         model.set_scaler(torch.zeros(4), torch.ones(4))
+
+
+@pytest.mark.parametrize("sizes", [(30, 100, 50), (40, 40, 40), (100, 100)])
+def test_teacher_pass_equals_streaming_every_set(sizes):
+    # sets that fit in a chunk go through the encoder in one pass, larger ones are streamed;
+    # either way the teacher's logits and embeddings are those of streaming every set
+    model = Maestro(tiny_config(chunk_size=64, n_prototypes=6, readout="pma+proto"))
+    teachers = [torch.randn(n, 5) for n in sizes]
+    with torch.no_grad():
+        logits, emb = model._teacher_forward(teachers, None)
+        enc, chunk = model.teacher_encoder, 64
+        expected = []
+        for cells in teachers:
+            x = model._cells(cells)
+            comp = enc.proto.streamed(x, chunk)
+            expected.append((enc.streamed(x, chunk, composition=comp), comp))
+        z = torch.cat([e[0] for e in expected])
+        comp = torch.cat([e[1] for e in expected])
+    torch.testing.assert_close(logits, model.teacher_head(z), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(emb, model._readout(z, None, comp), atol=1e-5, rtol=1e-4)

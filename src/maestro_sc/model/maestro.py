@@ -225,22 +225,21 @@ class Maestro(nn.Module):
                 cells = cells[keep]
             sets.append(self._cells(cells))
         chunk, enc = self.config.chunk_size, self.teacher_encoder
-        if len({s.shape[1] for s in sets}) == 1 and sets[0].shape[1] <= chunk:
-            batch = torch.cat(sets)
-            comp = None if enc.proto is None else enc.proto(batch)
-            z = enc(batch, composition=comp)
-        else:
-            comp = (
-                None
-                if enc.proto is None
-                else torch.cat([enc.proto.streamed(s, chunk) for s in sets])
-            )
-            z = torch.cat(
-                [
-                    enc.streamed(s, chunk, composition=None if comp is None else comp[i : i + 1])
-                    for i, s in enumerate(sets)
-                ]
-            )
+        # sets of one size that fit in a chunk run as one batch; other sets that fit run one
+        # by one in a single pass, and only larger ones are streamed (same results)
+        sizes = {s.shape[1] for s in sets}
+        groups = [torch.cat(sets)] if len(sizes) == 1 and max(sizes) <= chunk else sets
+        comps, zs = [], []
+        for group in groups:
+            if group.shape[1] <= chunk:
+                comp = None if enc.proto is None else enc.proto(group)
+                zs.append(enc(group, composition=comp))
+            else:
+                comp = None if enc.proto is None else enc.proto.streamed(group, chunk)
+                zs.append(enc.streamed(group, chunk, composition=comp))
+            comps.append(comp)
+        z = torch.cat(zs)
+        comp = None if enc.proto is None else torch.cat(comps)
         return self.teacher_head(z), self._readout(z, None, comp)
 
     def training_loss(
