@@ -180,7 +180,6 @@ def profile_parts(step, n_steps: int) -> dict:
         f"slowest part: {slowest}; data loading {100 * shares['data loading']:.1f} % "
         f"({'not ' if shares['data loading'] < 0.1 else ''}a bottleneck)"
     )
-
     return shares
 
 

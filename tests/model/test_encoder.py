@@ -51,7 +51,7 @@ def test_key_bias_counts_a_key_as_copies():
     torch.testing.assert_close(mha(x, y, key_bias=bias), mha(x, copies), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rates", [(0.2, 0.4, 0.6, 0.8), (0.0, 0.5), (0.9,)])
+@pytest.mark.parametrize("rates", [(0.2, 0.4, 0.6, 0.8), (0.0, 0.5), (0.9,), (0.0,)])
 def test_masked_sets_encoded_once_per_mask_token(rates):
     # the training path encodes each view's unmasked cells and one weighted mask token; it must
     # give the same z and the same gradients as running every cell through the encoder

@@ -93,6 +93,8 @@ class SetEncoder(nn.Module):
         ``(B, heads, m)``. ``composition`` is ``self.proto(x, mask)`` when the caller already
         has it (computed here otherwise).
         """
+        # a mask with no masked cell takes the plain path, which keeps the mask token in the
+        # graph (with a zero gradient), as data-parallel training needs of every weight
         if mask is not None and not with_mass and bool(mask.any()):
             z = self._pooled_masked(x, mask)
         else:
