@@ -5,7 +5,8 @@ import ot
 import pytest
 import torch
 
-from maestro_sc.model.sinkhorn import sinkhorn_cost, squared_distances
+import maestro_sc.model.sinkhorn as sk
+from maestro_sc.model.sinkhorn import sinkhorn_cost, sinkhorn_plan, squared_distances
 
 TIGHT = dict(max_iter=5000, tol=1e-10)
 
@@ -104,3 +105,69 @@ def test_overrelaxation_same_solution_fewer_iterations():
     (plain, plain_iters), (fast, fast_iters) = runs[False], runs[True]
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=0)
     assert fast_iters < 0.5 * plain_iters
+
+
+def _clustered_pair(seed: int, n: int = 200, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 pairs of clustered sets, ``y`` a close copy of ``x`` (a good reconstruction)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(6, d, generator=g, dtype=torch.float64) * 2
+    noise = torch.randn(8, n, d, generator=g, dtype=torch.float64)
+    x = centers[torch.randint(0, 6, (8, n), generator=g)] + 0.5 * noise
+    y = x[:, torch.randperm(n, generator=g)] + 0.1 * torch.randn(8, n, d, generator=g).double()
+    return x, y
+
+
+def test_each_problem_converges_on_its_own_in_a_batch():
+    """Problems that converge early leave the batch; each still meets the tolerance."""
+    x, y = _clustered_pair(0, n=80)
+    cost = squared_distances(x, y)
+    eps = torch.logspace(-0.3, -0.9, 8, dtype=torch.float64) * cost.mean(dim=(1, 2))
+    tol = 1e-6
+    plan, f, g, n_iter = sinkhorn_plan(cost, eps, 5000, tol)
+    alone = [sinkhorn_plan(cost[i : i + 1], eps[i : i + 1], 5000, tol) for i in range(8)]
+    iters = [r[3] for r in alone]
+    assert max(iters) > 4 * min(iters)  # so the fast ones leave the batch early
+    assert n_iter >= max(iters) // 2
+    n, k = cost.shape[1:]
+    rows = (plan.sum(dim=2) * n - 1).abs().mean(dim=1)
+    cols = (plan.sum(dim=1) * k - 1).abs().mean(dim=1)
+    assert rows.max() < 10 * tol and cols.max() < 1e-12
+    for i, (p, _, _, _) in enumerate(alone):
+        assert float((plan[i] - p[0]).abs().sum()) < 10 * tol
+        # P = a b exp(f + g - C / eps) must hold with the returned potentials
+        rebuilt = torch.exp(f[i, :, None] + g[i, None, :] - cost[i] / eps[i]) / (n * k)
+        torch.testing.assert_close(plan[i], rebuilt, rtol=1e-9, atol=1e-15)
+
+
+def test_reestimated_factor_follows_the_sor_relation():
+    """Given the decay of over-relaxed iterations, the factor for the plain rate behind it."""
+    for plain_rate in (0.5, 0.9, 0.97):
+        omega = 1.05
+        # the decay of SOR at omega below the optimum: the largest root of
+        # (l + w - 1)^2 = l w^2 r
+        p = 2 * (omega - 1) - omega**2 * plain_rate
+        decay = (-p + ((p * p) - 4 * (omega - 1) ** 2) ** 0.5) / 2
+        got = sk._reestimate_omega(omega, 1.0, decay**10, 10)
+        optimum = 2 / (1 + (1 - plain_rate) ** 0.5)
+        assert got == pytest.approx(min(sk._MAX_OMEGA, max(omega, optimum)), rel=1e-9)
+    # nothing to learn from errors that did not decrease
+    assert sk._reestimate_omega(1.3, 1.0, 1.5, 10) == 1.3
+    assert sk._reestimate_omega(1.3, 0.0, 0.0, 10) == 1.3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_raising_the_factor_never_costs_much(seed, monkeypatch):
+    """The factor is put back when raising it slowed convergence down.
+
+    A raise is judged over the next ``_REESTIMATE`` iterations, so a bad one costs about that
+    many iterations and no more.
+    """
+    x, y = _clustered_pair(seed)
+    cost = squared_distances(x, y)
+    eps = 0.02 * cost.mean(dim=(1, 2))
+    plan, _, _, n_iter = sinkhorn_plan(cost, eps, 5000, 1e-4)
+    monkeypatch.setattr(sk, "_REESTIMATE", 10**9)
+    plan_fixed, _, _, n_iter_fixed = sinkhorn_plan(cost, eps, 5000, 1e-4)
+    assert n_iter <= n_iter_fixed + 2 * sk._REESTIMATE
+    # the same solution, to the tolerance
+    assert float((plan - plan_fixed).abs().sum(dim=(1, 2)).max()) < 10 * 1e-4

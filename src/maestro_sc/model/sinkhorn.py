@@ -25,23 +25,81 @@ def squared_distances(x: Tensor, y: Tensor) -> Tensor:
     return torch.baddbmm(xx + yy, x, y.transpose(-1, -2), alpha=-2).clamp_min_(0)
 
 
-#: Plain Sinkhorn iterations before the over-relaxation factor is estimated from their rate.
+#: Plain Sinkhorn iterations before the over-relaxation factor is first estimated from their rate.
 _WARMUP = 10
+#: The factor is re-estimated every this many iterations from the over-relaxed error decay.
+_REESTIMATE = 10
 #: Largest over-relaxation factor; 1.9 was seen to overshoot into overflow on clustered data.
 _MAX_OMEGA = 1.8
+#: Converged problems leave the batch once they are at least this fraction of it.
+_COMPACT_FRACTION = 0.25
 
 
 def _omega(errors: list[float]) -> float:
     """Over-relaxation factor ``2 / (1 + sqrt(1 - r))``, at most ``_MAX_OMEGA``.
 
-    ``r`` is the observed error decay of plain Sinkhorn (Thibault et al. 2021; Lehmann et al.
-    2022).
+    ``r`` is the observed error decay of plain Sinkhorn over the last 5 iterations (Thibault et
+    al. 2021; Lehmann et al. 2022).
     """
     first, last = errors[-6], errors[-1]
     if not (0 < last < first and math.isfinite(first)):
         return 1.0
     rate = (last / first) ** (1 / 5)
     return min(_MAX_OMEGA, 2 / (1 + math.sqrt(1 - rate)))
+
+
+def _reestimate_omega(omega: float, first: float, last: float, steps: int) -> float:
+    """A larger factor when the over-relaxed iterations show plain Sinkhorn to be slower.
+
+    The rate of plain Sinkhorn seen in its first iterations is faster than its asymptotic rate,
+    so the first factor comes out too small. Over-relaxed with ``w``, an error that decays at
+    ``l`` per iteration (from ``first`` to ``last`` in ``steps`` iterations) implies the plain
+    rate ``r = (l + w - 1)^2 / (l w^2)`` (the SOR relation used by Thibault et al. 2021), hence
+    the optimal ``2 / (1 + sqrt(1 - r))``. Never lowers ``omega``; at most ``_MAX_OMEGA``.
+    """
+    if not (0 < last < first and math.isfinite(first)):
+        return omega
+    rate = (last / first) ** (1 / steps)
+    plain = min((rate + omega - 1) ** 2 / (rate * omega * omega), 1 - 1e-12)
+    return min(_MAX_OMEGA, max(omega, 2 / (1 + math.sqrt(1 - plain))))
+
+
+class _Factors:
+    """The over-relaxation factor of the batch, and how it is tuned.
+
+    After ``_WARMUP`` plain iterations the factor is set from the observed rate of the largest
+    error (:func:`_omega`): the slowest problem's, which suits the others too (they converge
+    and leave the batch). Every ``_REESTIMATE`` iterations it is raised when the over-relaxed
+    decay of any problem shows it too small (:func:`_reestimate_omega`), and put back for good
+    when the slowest decay after a raise is slower than before it. One factor for the batch
+    needed fewer iterations on the training loss's problems than one per problem, each from its
+    own rate (``benchmarks/sinkhorn_in_training.py``).
+    """
+
+    def __init__(self) -> None:
+        self.omega = 1.0
+        self.tuning = True
+        self.before: tuple[float, float] | None = None  # factor and slowest decay before a raise
+
+    def update(self, n_iter: int, history: list[list[float]]) -> None:
+        """Set or tune the factor at iteration ``n_iter`` from the row-error ``history``."""
+        if n_iter == _WARMUP:
+            self.omega = _omega([max(h) for h in history])
+        elif n_iter > _WARMUP and (n_iter - _WARMUP) % _REESTIMATE == 0 and self.tuning:
+            first, last = history[-1 - _REESTIMATE], history[-1]
+            rate = max(
+                (e1 / e0) ** (1 / _REESTIMATE) if 0 < e0 < math.inf else 1.0
+                for e0, e1 in zip(first, last)
+            )
+            if self.before is not None and not rate <= self.before[1]:
+                self.omega, self.tuning = self.before[0], False
+            else:
+                raised = max(
+                    _reestimate_omega(self.omega, e0, e1, _REESTIMATE)
+                    for e0, e1 in zip(first, last)
+                )
+                self.before = (self.omega, rate) if raised > self.omega else None
+                self.omega = raised
 
 
 @torch.no_grad()
@@ -62,9 +120,12 @@ def sinkhorn_plan(
     ``f, g`` whenever ``|log u|`` or ``|log v|`` exceeds ``absorb_at`` (Schmitzer 2019), so
     nothing over- or underflows for small ``epsilon``. With ``overrelax``, after
     ``_WARMUP`` plain iterations each update becomes ``u <- u^(1 - w) u_sinkhorn^w`` with ``w``
-    set from the observed convergence rate: the same fixed point, reached in a fraction of the
-    iterations when ``epsilon`` is small (where plain Sinkhorn crawls). Should it ever produce
-    a non-finite plan, the solve is redone without over-relaxation.
+    set from the observed convergence rate and tuned as the iterations go (:class:`_Factors`). The same fixed point, reached in a fraction of the iterations when ``epsilon`` is small (where plain Sinkhorn crawls). Should
+    it ever produce a non-finite plan, the solve is redone without over-relaxation.
+
+    Each problem stops on its own: once both of its L1 marginal errors are below ``tol`` it is
+    finished, and converged problems leave the batch (whenever they are a quarter of it), so
+    the remaining iterations multiply smaller matrices.
 
     Parameters
     ----------
@@ -73,15 +134,16 @@ def sinkhorn_plan(
     epsilon
         Regularisation per problem ``(B,)``.
     max_iter, tol
-        Iteration cap; stop once every problem's L1 row-marginal error is below ``tol``
-        (the column marginals are made exact at the end).
+        Iteration cap; a problem is converged once its L1 row- and column-marginal errors are
+        below ``tol`` (the column marginals are then made exact).
     overrelax
         Use adaptive over-relaxation.
 
     Returns
     -------
     The plan ``(B, n, k)``, potentials ``f`` ``(B, n)`` and ``g`` ``(B, k)`` in units of
-    ``epsilon`` (``P = a_i b_j exp(f_i + g_j - C_ij / eps)``), and the iterations run.
+    ``epsilon`` (``P = a_i b_j exp(f_i + g_j - C_ij / eps)``), and the iterations run (the
+    largest over the problems).
 
     Examples
     --------
@@ -91,42 +153,80 @@ def sinkhorn_plan(
     >>> [round(float(s), 4) for s in plan.sum(dim=(1, 2))]
     [1.0, 1.0]
     """
-    _, n, k = cost.shape
+    n_problems, n, k = cost.shape
     scaled = cost / epsilon.view(-1, 1, 1)
     a, b = 1.0 / n, 1.0 / k
     # c-transform-like start: every row and column of the kernel has its largest entry at 1
     f = scaled.amin(dim=2)
     shifted = scaled - f.unsqueeze(2)
     g = shifted.amin(dim=1)
-    kernel = shifted.sub_(g.unsqueeze(1)).neg_().exp_()  # exp(f + g - C / eps), in place
+    plan = shifted.sub_(g.unsqueeze(1)).neg_().exp_()  # exp(f + g - C / eps), in place
+    kernel = plan  # the kernel of the problems still iterating; the plan is written in place
+    f_out, g_out = torch.empty_like(f), torch.empty_like(g)
+    active = torch.arange(n_problems, device=cost.device)  # their indices in the batch
     u, v = torch.ones_like(f), torch.ones_like(g)
-    omega, errors = 1.0, []
+    history = []  # row errors of the active problems, one host list per iteration
+    factors = _Factors()
+
+    def finish(rows: Tensor | None) -> None:
+        """Make the columns exact and write the plan and potentials of the ``rows``."""
+        kern, uu, ff, gg = (
+            (kernel, u, f, g) if rows is None else (kernel[rows], u[rows], f[rows], g[rows])
+        )
+        vv = 1.0 / (a * (uu.unsqueeze(1) @ kern).squeeze(1)).clamp_min(1e-30)
+        kern = kern.mul_(uu.unsqueeze(2) * (a * b)).mul_(vv.unsqueeze(1))
+        where = active if rows is None else active[rows]
+        if kern.data_ptr() != plan.data_ptr():
+            plan.index_copy_(0, where, kern)
+        f_out.index_copy_(0, where, ff + uu.log())
+        g_out.index_copy_(0, where, gg + vv.log())
+
     n_iter = 0
-    while n_iter < max_iter:
+    while True:
         n_iter += 1
         # v K^T is a faster batched mat-vec than K v on CPU for contiguous K
-        row_sums = (v.unsqueeze(1) @ kernel.transpose(1, 2)).squeeze(1)
-        u_plain = 1.0 / (b * row_sums).clamp_min(1e-30)
-        error = float((a * (u / u_plain - 1).abs()).sum(dim=1).max())
-        errors.append(error)
-        if overrelax and n_iter == _WARMUP:
-            omega = _omega(errors)
-        u = u_plain if omega == 1.0 else u.pow(1 - omega) * u_plain.pow(omega)
-        v_plain = 1.0 / (a * (u.unsqueeze(1) @ kernel).squeeze(1)).clamp_min(1e-30)
-        v = v_plain if omega == 1.0 else v.pow(1 - omega) * v_plain.pow(omega)
-        if error < tol or not math.isfinite(error):
+        u_plain = (v.unsqueeze(1) @ kernel.transpose(1, 2)).squeeze(1)
+        u_plain = u_plain.mul_(b).clamp_min_(1e-30).reciprocal_()
+        ratio = u / u_plain  # the row marginals over a
+        row_error = torch.linalg.vector_norm(ratio - 1, ord=1, dim=1)
+        # u^(1 - w) u_plain^w = u / ratio^w
+        omega = factors.omega
+        u = u_plain if omega == 1.0 else u.div_(ratio.pow_(omega))
+        v_plain = (u.unsqueeze(1) @ kernel).squeeze(1).mul_(a).clamp_min_(1e-30).reciprocal_()
+        ratio = v / v_plain  # the column marginals of (u, v) over b
+        col_error = torch.linalg.vector_norm(ratio - 1, ord=1, dim=1)
+        v = v_plain if omega == 1.0 else v.div_(ratio.pow_(omega))
+        # one host read per iteration: both errors and the range of the scalings
+        ranges = torch.stack([*torch.aminmax(u), *torch.aminmax(v)])
+        read = torch.cat([row_error.mul_(a), col_error.mul_(b), ranges])
+        *errors, u_min, u_max, v_min, v_max = read.tolist()
+        rows, cols = errors[: len(errors) // 2], errors[len(errors) // 2 :]
+        history.append(rows)
+        if overrelax:
+            factors.update(n_iter, history)
+        done = [
+            not (math.isfinite(r) and math.isfinite(c)) or (r < tol and c < tol)
+            for r, c in zip(rows, cols)
+        ]
+        if all(done) or n_iter >= max_iter:
             break
-        if max(u.log().abs().max(), v.log().abs().max()) > absorb_at:
+        n_done = sum(done)
+        if n_done >= _COMPACT_FRACTION * len(done):
+            flags = torch.tensor(done, device=cost.device)
+            finish(flags.nonzero().squeeze(1))
+            keep = (~flags).nonzero().squeeze(1)
+            kernel, u, v, f, g, active = (t[keep] for t in (kernel, u, v, f, g, active))
+            kept = keep.tolist()
+            history = [[h[i] for i in kept] for h in history[-1 - _REESTIMATE :]]
+        if max(u_max, v_max, 1 / max(u_min, 1e-300), 1 / max(v_min, 1e-300)) > math.exp(absorb_at):
             f, g = f + u.log(), g + v.log()
-            kernel = torch.exp(f.unsqueeze(2) + g.unsqueeze(1) - scaled)
+            kernel = torch.exp(f.unsqueeze(2) + g.unsqueeze(1) - scaled[active])
             u, v = torch.ones_like(f), torch.ones_like(g)
-    # a last plain column update makes the column marginals exact (total mass 1)
-    v = 1.0 / (a * (u.unsqueeze(1) @ kernel).squeeze(1)).clamp_min(1e-30)
-    plan = kernel.mul_(u.unsqueeze(2) * (a * b)).mul_(v.unsqueeze(1))
+    finish(None)
     # entries lie in [0, 1] when finite, so one sum tells whether any is not
-    if omega != 1.0 and not bool(torch.isfinite(plan.sum())):
+    if factors.omega != 1.0 and not bool(torch.isfinite(plan.sum())):
         return sinkhorn_plan(cost, epsilon, max_iter, tol, overrelax=False, absorb_at=absorb_at)
-    return plan, f + u.log(), g + v.log(), n_iter
+    return plan, f_out, g_out, n_iter
 
 
 def entropic_ot(
