@@ -171,3 +171,25 @@ def test_raising_the_factor_never_costs_much(seed, monkeypatch):
     assert n_iter <= n_iter_fixed + 2 * sk._REESTIMATE
     # the same solution, to the tolerance
     assert float((plan - plan_fixed).abs().sum(dim=(1, 2)).max()) < 10 * 1e-4
+
+
+@pytest.mark.parametrize("cap", [30, 2000])
+def test_potentials_and_columns_hold_with_absorption_and_a_cap(cap):
+    """Small epsilons absorb the scalings into the potentials while other problems have left.
+
+    Whether a problem converged or hit the cap, its plan is ``a b exp(f + g - C / eps)`` with
+    the returned potentials, and its column marginals are exact.
+    """
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 60, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(6, 50, 3, generator=gen, dtype=torch.float64)
+    cost = squared_distances(x, y)
+    rel = torch.tensor([0.5, 0.2, 0.05, 0.02, 0.005, 0.002], dtype=torch.float64)
+    eps = rel * cost.mean(dim=(1, 2))
+    plan, f, g, n_iter = sinkhorn_plan(cost, eps, cap, 1e-6)
+    assert n_iter <= cap
+    rebuilt = torch.exp(f[:, :, None] + g[:, None, :] - cost / eps[:, None, None]) / (60 * 50)
+    torch.testing.assert_close(plan, rebuilt, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(plan.sum(dim=1), torch.full((6, 50), 1 / 50, dtype=torch.float64))
+    rows = (plan.sum(dim=2) * 60 - 1).abs().mean(dim=1)
+    assert rows[:2].max() < 1e-5  # the large epsilons converge within 30 iterations
