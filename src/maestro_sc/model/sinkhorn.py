@@ -71,9 +71,9 @@ class _Factors:
     error (:func:`_omega`): the slowest problem's, which suits the others too (they converge
     and leave the batch). Every ``_REESTIMATE`` iterations it is raised when the over-relaxed
     decay of any problem shows it too small (:func:`_reestimate_omega`), and put back for good
-    when the slowest decay after a raise is slower than before it. One factor for the batch
-    needed fewer iterations on the training loss's problems than one per problem, each from its
-    own rate (``benchmarks/sinkhorn_in_training.py``).
+    when the slowest decay after a raise is slower than before it. On the training loss's
+    batches, one factor per problem (each from its own rate, tuned the same way) needed more
+    iterations than this shared one: a problem's own early rate underestimates its factor more.
     """
 
     def __init__(self) -> None:
