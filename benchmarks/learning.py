@@ -72,6 +72,15 @@ ARMS: dict[str, dict] = {
     # the tolerance) and whose over-relaxation factor is re-estimated: a different loss late in
     # training (the old one stopped at the iteration cap), which must not learn less
     "cd_sub256_x2_sk": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40},
+    # the same with the Sinkhorn loss capped at 50 iterations instead of 100: late in training
+    # the loss runs to its cap on most steps, so this halves its iterations there
+    "cd_sub256_x2_cap50": {
+        "w_con": 1.0,
+        "proto_lr_scale": 10.0,
+        "n_sub": 256,
+        "max_epochs": 40,
+        "ot_max_iter": 50,
+    },
     # budget: half the cells per view and a narrower feed-forward, 2.4x the steps
     "cd_sub256_ff64_x24": {
         "w_con": 1.0,

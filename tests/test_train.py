@@ -27,6 +27,9 @@ def test_pretrain_history_and_embed(cohort, train):
     assert np.isfinite(hist["loss"]).all()
     # cosine schedule: the learning rate decreases
     assert hist["lr"].iloc[-1] < hist["lr"].iloc[0]
+    # the Sinkhorn iterations of each step, within the cap
+    cap = model.config.ot_max_iter
+    assert ((hist["ot_iters"] >= 1) & (hist["ot_iters"] <= cap)).all()
     z = model.embed(cohort, "sample", progress=False)
     assert list(z.index) == [f"s{i}" for i in range(8)]
     assert np.isfinite(z.to_numpy()).all()

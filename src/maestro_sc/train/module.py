@@ -30,6 +30,7 @@ HISTORY_KEYS = (
     "z_std",
     "teacher_entropy",
     "teacher_entropy_frac",
+    "ot_iters",
 )
 
 
