@@ -35,16 +35,25 @@ _MAX_OMEGA = 1.8
 _COMPACT_FRACTION = 0.25
 
 
+def _decay(first: float, last: float, steps: int) -> float | None:
+    """Error decay per iteration from ``first`` to ``last``, ``steps`` iterations apart.
+
+    ``None`` unless the error is finite and went down.
+    """
+    if not (0 < last < first and math.isfinite(first)):
+        return None
+    return (last / first) ** (1 / steps)
+
+
 def _omega(errors: list[float]) -> float:
     """Over-relaxation factor ``2 / (1 + sqrt(1 - r))``, at most ``_MAX_OMEGA``.
 
     ``r`` is the observed error decay of plain Sinkhorn over the last 5 iterations (Thibault et
     al. 2021; Lehmann et al. 2022).
     """
-    first, last = errors[-6], errors[-1]
-    if not (0 < last < first and math.isfinite(first)):
+    rate = _decay(errors[-6], errors[-1], 5)
+    if rate is None:
         return 1.0
-    rate = (last / first) ** (1 / 5)
     return min(_MAX_OMEGA, 2 / (1 + math.sqrt(1 - rate)))
 
 
@@ -57,9 +66,9 @@ def _reestimate_omega(omega: float, first: float, last: float, steps: int) -> fl
     rate ``r = (l + w - 1)^2 / (l w^2)`` (the SOR relation used by Thibault et al. 2021), hence
     the optimal ``2 / (1 + sqrt(1 - r))``. Never lowers ``omega``; at most ``_MAX_OMEGA``.
     """
-    if not (0 < last < first and math.isfinite(first)):
+    rate = _decay(first, last, steps)
+    if rate is None:
         return omega
-    rate = (last / first) ** (1 / steps)
     plain = min((rate + omega - 1) ** 2 / (rate * omega * omega), 1 - 1e-12)
     return min(_MAX_OMEGA, max(omega, 2 / (1 + math.sqrt(1 - plain))))
 
@@ -120,8 +129,10 @@ def sinkhorn_plan(
     ``f, g`` whenever ``|log u|`` or ``|log v|`` exceeds ``absorb_at`` (Schmitzer 2019), so
     nothing over- or underflows for small ``epsilon``. With ``overrelax``, after
     ``_WARMUP`` plain iterations each update becomes ``u <- u^(1 - w) u_sinkhorn^w`` with ``w``
-    set from the observed convergence rate and tuned as the iterations go (:class:`_Factors`). The same fixed point, reached in a fraction of the iterations when ``epsilon`` is small (where plain Sinkhorn crawls). Should
-    it ever produce a non-finite plan, the solve is redone without over-relaxation.
+    set from the observed convergence rate and tuned as the iterations go (:class:`_Factors`).
+    The same fixed point, reached in a fraction of the iterations when ``epsilon`` is small
+    (where plain Sinkhorn crawls). Should it ever produce a non-finite plan, the solve is redone
+    without over-relaxation.
 
     Each problem stops on its own: once both of its L1 marginal errors are below ``tol`` it is
     finished, and converged problems leave the batch (whenever they are a quarter of it), so
@@ -167,6 +178,7 @@ def sinkhorn_plan(
     u, v = torch.ones_like(f), torch.ones_like(g)
     history = []  # row errors of the active problems, one host list per iteration
     factors = _Factors()
+    bound = math.exp(absorb_at)  # absorb once a scaling leaves [1 / bound, bound]
 
     def finish(rows: Tensor | None) -> None:
         """Make the columns exact and write the plan and potentials of the ``rows``."""
@@ -218,7 +230,7 @@ def sinkhorn_plan(
             kernel, u, v, f, g, active = (t[keep] for t in (kernel, u, v, f, g, active))
             kept = keep.tolist()
             history = [[h[i] for i in kept] for h in history[-1 - _REESTIMATE :]]
-        if max(u_max, v_max, 1 / max(u_min, 1e-300), 1 / max(v_min, 1e-300)) > math.exp(absorb_at):
+        if max(u_max, v_max) > bound or min(u_min, v_min) < 1 / bound:
             f, g = f + u.log(), g + v.log()
             kernel = torch.exp(f.unsqueeze(2) + g.unsqueeze(1) - scaled[active])
             u, v = torch.ones_like(f), torch.ones_like(g)
