@@ -81,6 +81,15 @@ ARMS: dict[str, dict] = {
         "max_epochs": 40,
         "ot_max_iter": 50,
     },
+    # a one-block decoder (cross-attention to z, then one ISAB) instead of three: the decoder
+    # is about half of a step's arithmetic; the same steps, so any loss is the decoder's
+    "cd_sub256_x2_dec1": {
+        "w_con": 1.0,
+        "proto_lr_scale": 10.0,
+        "n_sub": 256,
+        "max_epochs": 40,
+        "decoder_depth": 1,
+    },
     # budget: half the cells per view and a narrower feed-forward, 2.4x the steps
     "cd_sub256_ff64_x24": {
         "w_con": 1.0,
