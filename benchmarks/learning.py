@@ -90,6 +90,14 @@ ARMS: dict[str, dict] = {
         "max_epochs": 40,
         "decoder_depth": 1,
     },
+    # the one-block decoder at about the same wall time as cd_sub256_x2_sk: 1.25x the steps
+    "cd_sub256_dec1_x125": {
+        "w_con": 1.0,
+        "proto_lr_scale": 10.0,
+        "n_sub": 256,
+        "max_epochs": 50,
+        "decoder_depth": 1,
+    },
     # budget: half the cells per view and a narrower feed-forward, 2.4x the steps
     "cd_sub256_ff64_x24": {
         "w_con": 1.0,
