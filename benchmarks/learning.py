@@ -45,6 +45,8 @@ TABLE = RESULTS / "learning.md"
 MODELS = RESULTS / "_models"
 
 #: One arm = one cause, as overrides of the ``cpu`` preset.
+#: The ``cpu`` preset's own settings: (c) + (d) on 256 cells per view for 40 epochs.
+_SUB256_X2 = {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40}
 ARMS: dict[str, dict] = {
     "control": {},
     # (a) informative distillation: a sharper teacher
@@ -62,50 +64,26 @@ ARMS: dict[str, dict] = {
     # (e) the batch shortcut: per-view marker offsets and gains at a larger scale
     "e_jitter": {"view_shift": 0.3, "view_scale": 0.1},
     # budget: (c)+(d) with half the cells per view, twice the steps (about the same wall time)
-    "cd_sub256_x2": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40},
+    "cd_sub256_x2": _SUB256_X2,
     # budget: a quarter of the cells per view, 3.15x the steps (about the same wall time)
-    "cd_sub128_x315": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 128, "max_epochs": 63},
+    "cd_sub128_x315": {**_SUB256_X2, "n_sub": 128, "max_epochs": 63},
     # the same settings as cd_sub256_x2 on the code whose step encodes each view's mask token
     # once and uses a fused AdamW (the same model to float round-off): learning must not change
-    "cd_sub256_x2_fast": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40},
+    "cd_sub256_x2_fast": _SUB256_X2,
     # the same again, on the Sinkhorn whose problems stop on their own (both marginals within
     # the tolerance) and whose over-relaxation factor is re-estimated: a different loss late in
     # training (the old one stopped at the iteration cap), which must not learn less
-    "cd_sub256_x2_sk": {"w_con": 1.0, "proto_lr_scale": 10.0, "n_sub": 256, "max_epochs": 40},
+    "cd_sub256_x2_sk": _SUB256_X2,
     # the same with the Sinkhorn loss capped at 50 iterations instead of 100: late in training
     # the loss runs to its cap on most steps, so this halves its iterations there
-    "cd_sub256_x2_cap50": {
-        "w_con": 1.0,
-        "proto_lr_scale": 10.0,
-        "n_sub": 256,
-        "max_epochs": 40,
-        "ot_max_iter": 50,
-    },
+    "cd_sub256_x2_cap50": {**_SUB256_X2, "ot_max_iter": 50},
     # a one-block decoder (cross-attention to z, then one ISAB) instead of three: the decoder
     # is about half of a step's arithmetic; the same steps, so any loss is the decoder's
-    "cd_sub256_x2_dec1": {
-        "w_con": 1.0,
-        "proto_lr_scale": 10.0,
-        "n_sub": 256,
-        "max_epochs": 40,
-        "decoder_depth": 1,
-    },
+    "cd_sub256_x2_dec1": {**_SUB256_X2, "decoder_depth": 1},
     # the one-block decoder at about the same wall time as cd_sub256_x2_sk: 1.25x the steps
-    "cd_sub256_dec1_x125": {
-        "w_con": 1.0,
-        "proto_lr_scale": 10.0,
-        "n_sub": 256,
-        "max_epochs": 50,
-        "decoder_depth": 1,
-    },
+    "cd_sub256_dec1_x125": {**_SUB256_X2, "max_epochs": 50, "decoder_depth": 1},
     # budget: half the cells per view and a narrower feed-forward, 2.4x the steps
-    "cd_sub256_ff64_x24": {
-        "w_con": 1.0,
-        "proto_lr_scale": 10.0,
-        "n_sub": 256,
-        "ff_dim": 64,
-        "max_epochs": 48,
-    },
+    "cd_sub256_ff64_x24": {**_SUB256_X2, "ff_dim": 64, "max_epochs": 48},
 }
 #: Untrained controls of arms whose architecture differs from the preset's (same seeds).
 UNTRAINED = {"untrained_ff64": {"ff_dim": 64}}
@@ -454,9 +432,8 @@ def compare(arm: str, reference: str) -> str:
             continue
         acc = [a["acc"] - b["acc"] for a, b in pairs]
         auc = [a["auroc_intensity"] - b["auroc_intensity"] for a, b in pairs]
-        times = f"{np.mean([a['train_s'] for a, _ in pairs]):.0f} vs " + (
-            f"{np.mean([b['train_s'] for _, b in pairs]):.0f}"
-        )
+        seconds = [np.mean([pair[i]["train_s"] for pair in pairs]) for i in (0, 1)]
+        times = f"{seconds[0]:.0f} vs {seconds[1]:.0f}"
         lines.append(
             f"| {difficulty} | {len(pairs)} | {_interval(acc)} | {_interval(auc)} | {times} |"
         )
