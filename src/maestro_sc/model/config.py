@@ -116,6 +116,13 @@ class MaestroConfig:
         AdamW learning rate, cosine-annealed from ``lr`` to ``lr_final``, and weight decay.
     batch_size
         Samples per optimisation step.
+    step_parts
+        Sub-batches a training step is computed in (each sample's losses are computed within its
+        sub-batch; the distillation centre and the contrastive loss see the whole batch). On a
+        CPU with at least ``step_parts`` torch threads the parts run side by side in threads,
+        forward and backward. ``None`` (default): 2 on a CPU with 2 or more torch threads, else
+        1. The parts draw their random numbers from their own seeds, so a run is reproducible
+        for a given number of parts; changing it changes the random draws, not the method.
     max_epochs, steps_per_epoch
         Training length; ``steps_per_epoch=None`` means ``n_samples // batch_size``.
     min_steps
@@ -177,6 +184,7 @@ class MaestroConfig:
     lr_final: float = 1e-6
     weight_decay: float = 1e-3
     batch_size: int = 8
+    step_parts: int | None = None
     max_epochs: int = 30
     steps_per_epoch: int | None = None
     min_steps: int = 0
@@ -236,6 +244,13 @@ class MaestroConfig:
             raise ValueError("ema_momentum and ema_final must lie in [0, 1].")
         if self.w_con < 0 or self.con_temp <= 0 or self.proto_lr_scale < 0:
             raise ValueError("w_con and proto_lr_scale must be >= 0, con_temp > 0.")
+        if self.step_parts is not None and (
+            isinstance(self.step_parts, bool) or not isinstance(self.step_parts, int)
+            or self.step_parts < 1
+        ):
+            raise ValueError(
+                f"step_parts must be None (automatic) or an int >= 1, got {self.step_parts!r}."
+            )
         if self.ot_epsilon <= 0:
             raise ValueError(f"ot_epsilon must be > 0, got {self.ot_epsilon}.")
 

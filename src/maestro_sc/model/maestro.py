@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import codebook, readout
+from ._parts import ThreadedParts, split_sizes
 from .config import MaestroConfig
 from .decoder import build_decoder
 from .distill import (
@@ -242,6 +244,93 @@ class Maestro(nn.Module):
         comp = None if enc.proto is None else torch.cat(comps)
         return self.teacher_head(z), self._readout(z, None, comp)
 
+    def _step_part(
+        self,
+        student_sets: Tensor,
+        teacher_sets: Sequence[Tensor],
+        generator: torch.Generator | None,
+    ) -> list[Tensor]:
+        """The per-sample part of a training step, for a batch or a sub-batch of samples.
+
+        Returns ``[rec (B V,), student logits (B, V, K), z (B V, D)]``, the student composition
+        ``(B V, P)`` where prototypes are on, then the constants ``[teacher logits (B, K),
+        teacher embeddings (B, E), Sinkhorn iterations (1,)]``.
+        """
+        cfg = self.config
+        n_views = len(cfg.mask_rates)
+        cells = self.standardize(student_sets)
+        masks = multi_rate_masks(cells, cfg.mask_rates, cfg.mask_mode, generator)
+        views = self._jitter(cells.repeat_interleave(n_views, dim=0), generator)
+        comp = None if self.encoder.proto is None else self.encoder.proto(views, masks)
+        z = self.encoder(views, masks, composition=comp)
+        recon = self.decoder(z, masks, generator, mask_token=self.encoder.mask_token)
+        rec, ot_iters = sinkhorn_cost(
+            recon,
+            views,
+            cfg.ot_epsilon,
+            cfg.ot_max_iter,
+            cfg.ot_tol,
+            cfg.ot_debiased,
+            return_n_iter=True,
+        )
+        student_logits = self.head(z).view(student_sets.shape[0], n_views, -1)
+        with torch.no_grad():
+            teacher_logits, teacher_emb = self._teacher_forward(teacher_sets, generator)
+        graph = [rec, student_logits, z] + ([] if comp is None else [comp])
+        iters = torch.tensor([ot_iters], device=rec.device)
+        return [*graph, teacher_logits.float(), teacher_emb, iters]
+
+    def _n_step_parts(self, batch: int, device: torch.device) -> int:
+        parts = self.config.step_parts
+        if parts is None:
+            parts = 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+        return max(1, min(parts, batch))
+
+    def _step_parts(
+        self,
+        student_sets: Tensor,
+        teacher_sets: Sequence[Tensor],
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        """:meth:`_step_part` over the batch cut into ``config.step_parts`` sub-batches, joined.
+
+        Each part draws from its own generator, seeded from ``generator``. On a CPU with at least
+        as many torch threads as parts, the parts run side by side in threads
+        (:class:`~maestro_sc.model._parts.ThreadedParts`); the result is the same as computing
+        them one after the other. Returns ``rec, student logits, z, composition (or None),
+        teacher logits, teacher embeddings, Sinkhorn iterations per part``.
+        """
+        device = student_sets.device
+        parts = self._n_step_parts(student_sets.shape[0], device)
+        if parts == 1:
+            out = self._step_part(student_sets, teacher_sets, generator)
+        else:
+            gen_device = generator.device if generator is not None else device
+            seeds = torch.randint(0, 2**62, (parts,), generator=generator, device=gen_device)
+            calls, start = [], 0
+            for size, seed in zip(split_sizes(student_sets.shape[0], parts), seeds.tolist()):
+                part_gen = torch.Generator(device=gen_device).manual_seed(seed)
+                calls.append(
+                    functools.partial(
+                        self._step_part,
+                        student_sets[start : start + size],
+                        teacher_sets[start : start + size],
+                        part_gen,
+                    )
+                )
+                start += size
+            n_graph = 3 if self.encoder.proto is None else 4
+            threads = torch.get_num_threads()
+            if device.type == "cpu" and torch.is_grad_enabled() and threads >= parts:
+                params = [p for p in self.parameters() if p.requires_grad]
+                out = list(ThreadedParts.apply(calls, threads // parts, n_graph, *params))
+            else:
+                results = [call() for call in calls]
+                out = [torch.cat(t) for t in zip(*results)]
+        if self.encoder.proto is None:
+            out.insert(3, None)
+        return tuple(out)
+
     def training_loss(
         self,
         student_sets: Tensor,
@@ -254,8 +343,9 @@ class Maestro(nn.Module):
         ``B * V`` views), encoded by the student, decoded, and compared with the whole
         standardised subset by the Sinkhorn loss; the teacher encodes each sample's
         ``teacher_sets`` cells (capped at ``config.teacher_max_cells``), and the student's
-        projected views are distilled towards it. Updates the teacher centre (no grad). The
-        caller back-propagates ``out["loss"]``, steps the optimiser and calls
+        projected views are distilled towards it. Updates the teacher centre (no grad). With
+        ``config.step_parts`` above 1 the per-sample work is done in sub-batches (side by side on
+        a CPU), joined before the distillation and contrastive terms. The caller back-propagates ``out["loss"]``, steps the optimiser and calls
         :meth:`update_teacher`.
 
         Parameters
@@ -295,26 +385,11 @@ class Maestro(nn.Module):
                 f"Got {len(teacher_sets)} teacher sets for {student_sets.shape[0]} student "
                 "sets; pass one teacher set per sample."
             )
-        n_views = len(cfg.mask_rates)
-        cells = self.standardize(student_sets)
-        masks = multi_rate_masks(cells, cfg.mask_rates, cfg.mask_mode, generator)
-        views = self._jitter(cells.repeat_interleave(n_views, dim=0), generator)
-        comp = None if self.encoder.proto is None else self.encoder.proto(views, masks)
-        z = self.encoder(views, masks, composition=comp)
-        recon = self.decoder(z, masks, generator, mask_token=self.encoder.mask_token)
-        rec, ot_iters = sinkhorn_cost(
-            recon,
-            views,
-            cfg.ot_epsilon,
-            cfg.ot_max_iter,
-            cfg.ot_tol,
-            cfg.ot_debiased,
-            return_n_iter=True,
+        n_views, batch = len(cfg.mask_rates), student_sets.shape[0]
+        rec, student_logits, z, comp, teacher_logits, teacher_emb, ot_iters = self._step_parts(
+            student_sets, teacher_sets, generator
         )
-        student_logits = self.head(z).view(student_sets.shape[0], n_views, -1)
         with torch.no_grad():
-            teacher_logits, teacher_emb = self._teacher_forward(teacher_sets, generator)
-            teacher_logits = teacher_logits.float()
             teacher_entropy = entropy(
                 teacher_distribution(teacher_logits, self.center, cfg.teacher_temp)
             )
@@ -326,7 +401,7 @@ class Maestro(nn.Module):
         loss = cfg.w_rec * rec + cfg.w_sd * sd
         out = {}
         if cfg.w_con > 0:
-            student_emb = self._readout(z, None, comp).view(student_sets.shape[0], n_views, -1)
+            student_emb = self._readout(z, None, comp).view(batch, n_views, -1)
             con, con_acc = contrastive_loss(student_emb, teacher_emb.float(), cfg.con_temp)
             loss = loss + cfg.w_con * con
             out = {"con": con.detach(), "con_acc": con_acc}
@@ -339,7 +414,7 @@ class Maestro(nn.Module):
             "teacher_entropy": teacher_entropy,
             "teacher_entropy_frac": teacher_entropy / math.log(cfg.head_dim),
             "kl": sd.detach() - teacher_entropy,
-            "ot_iters": torch.tensor(float(ot_iters)),
+            "ot_iters": ot_iters.max().float(),
         }
 
     @torch.no_grad()
