@@ -6,8 +6,7 @@ import threading
 import pytest
 import torch
 
-from maestro_sc.model import Maestro, MaestroConfig
-from maestro_sc.model import _parts
+from maestro_sc.model import Maestro, MaestroConfig, _parts
 
 from .conftest import tiny_config
 

@@ -48,6 +48,7 @@ def run_side_by_side(tasks: Sequence[Callable[[], object]], threads_each: int) -
     Returns their results in order. Every task has finished before this returns or raises (the
     first error is raised), and the process's torch thread count is restored.
     """
+
     def in_worker(task: Callable[[], object]) -> Callable[[], object]:
         def call() -> object:
             torch.set_num_threads(threads_each)  # this worker's own OpenMP team size
@@ -81,7 +82,7 @@ class ThreadedParts(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, parts, threads_each: int, n_graph: int, *params: Tensor):  # noqa: D102
+    def forward(ctx, parts, threads_each: int, n_graph: int, *params: Tensor):
         def with_grad(part: Callable[[], list[Tensor]]) -> Callable[[], list[Tensor]]:
             def call() -> list[Tensor]:
                 with torch.enable_grad():
@@ -99,7 +100,7 @@ class ThreadedParts(torch.autograd.Function):
         return tuple(joined)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor | None):  # noqa: D102
+    def backward(ctx, *grads: Tensor | None):
         graphs, params = ctx.graphs, ctx.params
         ctx.graphs = None  # each part's graph is freed by its own backward pass
         slices = [None if g is None else g.split(s) for g, s in zip(grads, ctx.sizes)]

@@ -245,7 +245,8 @@ class MaestroConfig:
         if self.w_con < 0 or self.con_temp <= 0 or self.proto_lr_scale < 0:
             raise ValueError("w_con and proto_lr_scale must be >= 0, con_temp > 0.")
         if self.step_parts is not None and (
-            isinstance(self.step_parts, bool) or not isinstance(self.step_parts, int)
+            isinstance(self.step_parts, bool)
+            or not isinstance(self.step_parts, int)
             or self.step_parts < 1
         ):
             raise ValueError(
