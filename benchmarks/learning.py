@@ -84,6 +84,10 @@ ARMS: dict[str, dict] = {
     "cd_sub256_dec1_x125": {**_SUB256_X2, "max_epochs": 50, "decoder_depth": 1},
     # budget: half the cells per view and a narrower feed-forward, 2.4x the steps
     "cd_sub256_ff64_x24": {**_SUB256_X2, "ff_dim": 64, "max_epochs": 48},
+    # the preset's settings with each step computed in 2 sub-batches of 4 samples, as on a CPU
+    # with 2 or more threads: their own random draws and Sinkhorn batches, the distillation
+    # centre and contrastive loss over all 8 (run on one thread here, the parts in turn)
+    "cd_sub256_x2_parts2": {**_SUB256_X2, "step_parts": 2},
 }
 #: Untrained controls of arms whose architecture differs from the preset's (same seeds).
 UNTRAINED = {"untrained_ff64": {"ff_dim": 64}}
@@ -91,6 +95,8 @@ UNTRAINED = {"untrained_ff64": {"ff_dim": 64}}
 #: change an arm: the 0.1.0 ``cpu`` preset had no contrastive loss and one learning rate, and
 #: trained on 512 cells per view for 20 epochs (at least 100 steps).
 _BASE = {"w_con": 0.0, "proto_lr_scale": 1.0, "n_sub": 512, "max_epochs": 20, "min_steps": 100}
+#: ... and every step in one batch, as before steps could be computed in parts.
+_BASE["step_parts"] = 1
 ARMS = {name: {**_BASE, **overrides} for name, overrides in ARMS.items()}
 MECHANISMS = {
     "monocytosis": "abundance",

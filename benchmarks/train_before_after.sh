@@ -8,6 +8,7 @@
 # last two versions. 2 threads, then 1 thread. Then the last two versions again, late in
 # training: LATE_WARMUP untimed steps before the timed ones (0: skip), LATE_ROUNDS rounds, 2
 # threads. Run it on an idle machine.
+# On 1 thread the current code computes the step in one batch, as e664058 does.
 # Output: benchmarks/results/train_profile_before_after.txt (or $OUT), with the summary table
 # first; the per-step times are in the .jsonl beside it.
 #
@@ -23,8 +24,8 @@ late_warmup=${LATE_WARMUP:-100}
 late_rounds=${LATE_ROUNDS:-2}
 versions=(
   "0.1.0 (98b4e5f), its cpu preset: 512 cells per view|98b4e5f|"
-  "a711cbf: Sinkhorn stops the batch when its slowest problem converges|a711cbf|"
-  "current code and cpu preset|| "
+  "e664058: the step in one batch|e664058|"
+  "current code and cpu preset: 2 parts side by side on 2 threads|| "
 )
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
