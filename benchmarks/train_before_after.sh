@@ -25,7 +25,7 @@ late_rounds=${LATE_ROUNDS:-2}
 versions=(
   "0.1.0 (98b4e5f), its cpu preset: 512 cells per view|98b4e5f|"
   "e664058: the step in one batch|e664058|"
-  "current code and cpu preset: 2 parts side by side on 2 threads|| "
+  "current code and cpu preset (2 parts side by side on 2 or more threads)|| "
 )
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

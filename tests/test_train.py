@@ -70,6 +70,25 @@ def test_same_seed_same_model(cohort, train):
     assert not np.array_equal(a, c)
 
 
+def test_training_in_two_parts_side_by_side_is_reproducible(cohort, train):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parts run in 2 threads, through the Lightning loop
+    try:
+        first = train(cohort, step_parts=2)
+        second = train(cohort, step_parts=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert np.isfinite(first.history["loss"]).all()
+    np.testing.assert_array_equal(first.history["loss"], second.history["loss"])
+    np.testing.assert_array_equal(
+        first.embed(cohort, "sample", progress=False).to_numpy(),
+        second.embed(cohort, "sample", progress=False).to_numpy(),
+    )
+
+
 def interrupt_at(monkeypatch, step):
     """Make training raise KeyboardInterrupt when it reaches global step ``step``."""
     from maestro_sc.train.module import MaestroTrainingPlan

@@ -344,9 +344,9 @@ class Maestro(nn.Module):
         standardised subset by the Sinkhorn loss; the teacher encodes each sample's
         ``teacher_sets`` cells (capped at ``config.teacher_max_cells``), and the student's
         projected views are distilled towards it. Updates the teacher centre (no grad). With
-        ``config.step_parts`` above 1 the per-sample work is done in sub-batches (side by side on
-        a CPU), joined before the distillation and contrastive terms. The caller back-propagates ``out["loss"]``, steps the optimiser and calls
-        :meth:`update_teacher`.
+        ``config.step_parts`` above 1 the per-sample work is done in sub-batches (side by side
+        on a CPU), joined before the distillation and contrastive terms. The caller
+        back-propagates ``out["loss"]``, steps the optimiser and calls :meth:`update_teacher`.
 
         Parameters
         ----------
