@@ -121,6 +121,7 @@ def test_side_by_side_tasks_raise_and_restore_the_threads():
         _parts.run_side_by_side([lambda: torch.get_num_threads(), fails], threads_each=1)
     assert torch.get_num_threads() == 2
     assert _parts.run_side_by_side([torch.get_num_threads] * 2, threads_each=1) == [1, 1]
+    assert _parts.run_side_by_side([torch.get_num_threads], threads_each=1) == [1]
     assert torch.get_num_threads() == 2
 
 

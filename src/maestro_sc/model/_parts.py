@@ -57,6 +57,8 @@ def run_side_by_side(tasks: Sequence[Callable[[], object]], threads_each: int) -
         return call
 
     with _intra_op_threads(threads_each):
+        if len(tasks) == 1:
+            return [tasks[0]()]
         futures = [_pool(len(tasks) - 1).submit(in_worker(t)) for t in tasks[1:]]
         try:
             first = tasks[0]()
