@@ -94,9 +94,15 @@ UNTRAINED = {"untrained_ff64": {"ff_dim": 64}}
 #: Every arm states the settings it varies, so a change of the preset's defaults does not
 #: change an arm: the 0.1.0 ``cpu`` preset had no contrastive loss and one learning rate, and
 #: trained on 512 cells per view for 20 epochs (at least 100 steps).
-_BASE = {"w_con": 0.0, "proto_lr_scale": 1.0, "n_sub": 512, "max_epochs": 20, "min_steps": 100}
-#: ... and every step in one batch, as before steps could be computed in parts.
-_BASE["step_parts"] = 1
+#: Every step in one batch, as before steps could be computed in parts.
+_BASE = {
+    "w_con": 0.0,
+    "proto_lr_scale": 1.0,
+    "n_sub": 512,
+    "max_epochs": 20,
+    "min_steps": 100,
+    "step_parts": 1,
+}
 ARMS = {name: {**_BASE, **overrides} for name, overrides in ARMS.items()}
 MECHANISMS = {
     "monocytosis": "abundance",

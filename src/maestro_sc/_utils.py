@@ -6,8 +6,9 @@ and runs before anything is computed or modified.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -302,3 +303,27 @@ def centred_log_ratio(p: Any, n_parts: int) -> Any:
         return log_p - log_p.mean(axis=-1, keepdims=True)
     log_p = (p + eps).log()
     return log_p - log_p.mean(dim=-1, keepdim=True)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None = None) -> Iterator[None]:
+    """Torch's thread count set to ``n`` (``None``: left as it is), and put back afterwards.
+
+    Examples
+    --------
+    >>> import torch
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     inside = torch.get_num_threads()
+    >>> inside, torch.get_num_threads() == before
+    (1, True)
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,11 +13,12 @@ round-off; the gradients of the parts are summed in a fixed order, so a step is 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from .._utils import torch_threads
 
 #: One worker pool per number of extra threads, kept for the life of the process so that each
 #: worker's OpenMP state is set up once.
@@ -30,16 +31,6 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
             max_workers=workers, thread_name_prefix="maestro-part"
         )
     return _POOLS[workers]
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_side_by_side(tasks: Sequence[Callable[[], object]], threads_each: int) -> list:
@@ -56,7 +47,7 @@ def run_side_by_side(tasks: Sequence[Callable[[], object]], threads_each: int) -
 
         return call
 
-    with _intra_op_threads(threads_each):
+    with torch_threads(threads_each):
         if len(tasks) == 1:
             return [tasks[0]()]
         futures = [_pool(len(tasks) - 1).submit(in_worker(t)) for t in tasks[1:]]
@@ -85,14 +76,8 @@ class ThreadedParts(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, parts, threads_each: int, n_graph: int, *params: Tensor):
-        def with_grad(part: Callable[[], list[Tensor]]) -> Callable[[], list[Tensor]]:
-            def call() -> list[Tensor]:
-                with torch.enable_grad():
-                    return part()
-
-            return call
-
-        results = run_side_by_side([with_grad(p) for p in parts], threads_each)
+        # autograd records the parts' graphs although this forward runs without it
+        results = run_side_by_side([torch.enable_grad()(p) for p in parts], threads_each)
         ctx.graphs = [r[:n_graph] for r in results]
         ctx.sizes = [[g[k].shape[0] for g in ctx.graphs] for k in range(n_graph)]
         ctx.params, ctx.threads_each = params, threads_each

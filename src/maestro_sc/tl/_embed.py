@@ -11,7 +11,6 @@ It runs past 450 lines because the two public functions carry the full user docu
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ import numpy as np
 
 from .. import __version__
 from .._data import SampleIndex
-from .._utils import check_count, check_random_state, logger, warn_overwrite
+from .._utils import check_count, check_random_state, logger, torch_threads, warn_overwrite
 from ._aggregate import sample_table
 from ._model import MaestroModel, check_which, h5ad_safe, match_panel
 
@@ -582,27 +581,13 @@ def sample_graph(sdata: Any, use_rep: str, *, n_neighbors: int, umap: bool, rand
         )
         return
     k = min(n_neighbors, n - 1)
-    with _torch_threads_kept():
+    # numba, behind scanpy's neighbours and UMAP, sets the OpenMP thread count that torch
+    # shares; a changed count changes the last bits of later embeddings, so the same model would
+    # embed the same cells differently before and after the first embed_samples of a session
+    with torch_threads():
         sc.pp.neighbors(sdata, use_rep=use_rep, n_neighbors=k, random_state=random_state)
         if umap:
             if n < 4:
                 warnings.warn(f"Only {n} samples: UMAP skipped.", UserWarning, stacklevel=3)
                 return
             sc.tl.umap(sdata, random_state=random_state)
-
-
-@contextlib.contextmanager
-def _torch_threads_kept():
-    """Keep torch's thread count across scanpy's neighbours/UMAP.
-
-    numba, behind them, sets the OpenMP thread count that torch shares; a changed count changes
-    the last bits of later embeddings, so the same model would embed the same cells differently
-    before and after the first ``embed_samples`` of a session.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
