@@ -24,7 +24,7 @@ import time
 
 import torch
 from _machine import machine
-from train_profile import batches, make_step, setup
+from train_profile import batches, make_step, pretrain_heap, setup
 
 
 def alternate(pairs: int, threads: int) -> None:
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half", action="store_true", help="time one part alone, 1 thread")
     parser.add_argument("--seconds", type=float, default=25.0)
     args = parser.parse_args(argv)
+    pretrain_heap()
     print(f"# machine: {machine()}")
     if args.half:
         half(args.seconds)

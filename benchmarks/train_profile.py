@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
@@ -58,6 +59,22 @@ PARTS = (
     "optimizer (clip + AdamW)",
     "EMA update",
 )
+
+
+_HEAP = contextlib.ExitStack()
+
+
+def pretrain_heap() -> None:
+    """Train under the heap settings of ``mst.tl.pretrain`` for the rest of this process.
+
+    ``maestro_sc._utils.retained_heap`` where the code under test has it (older code, in the
+    before/after runs, trains with glibc's defaults, as its ``pretrain`` did).
+    """
+    try:
+        from maestro_sc._utils import retained_heap
+    except ImportError:
+        return
+    _HEAP.enter_context(retained_heap())
 
 
 def labelled(fn, label: str):
@@ -210,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    pretrain_heap()
     print(f"# machine: {machine()}")
     print(f"# code: {mst.__file__}")
     adata, index, net, dataset = setup(args.samples, args.seed, args.preset, **json.loads(args.set))

@@ -175,7 +175,10 @@ def sinkhorn_plan(
     kernel = plan  # the kernel of the problems still iterating; the plan is written in place
     f_out, g_out = torch.empty_like(f), torch.empty_like(g)
     active = torch.arange(n_problems, device=cost.device)  # their indices in the batch
-    u, v = torch.ones_like(f), torch.ones_like(g)
+    # both scalings in one buffer (B, 1, n + k): batched mat-vecs without reshapes, and one
+    # range check for both
+    uv = cost.new_ones(n_problems, 1, n + k)
+    zero = cost.new_zeros(1, 1, 1)  # the ignored input of baddbmm (beta = 0)
     history = []  # row errors of the active problems, one host list per iteration
     factors = _Factors()
     bound = math.exp(absorb_at)  # absorb once a scaling leaves [1 / bound, bound]
@@ -183,7 +186,9 @@ def sinkhorn_plan(
     def finish(rows: Tensor | None) -> None:
         """Make the columns exact and write the plan and potentials of the ``rows``."""
         kern, uu, ff, gg = (
-            (kernel, u, f, g) if rows is None else (kernel[rows], u[rows], f[rows], g[rows])
+            (kernel, uv[:, 0, :n], f, g)
+            if rows is None
+            else (kernel[rows], uv[rows, 0, :n], f[rows], g[rows])
         )
         vv = 1.0 / (a * (uu.unsqueeze(1) @ kern).squeeze(1)).clamp_min(1e-30)
         kern = kern.mul_(uu.unsqueeze(2) * (a * b)).mul_(vv.unsqueeze(1))
@@ -193,26 +198,33 @@ def sinkhorn_plan(
         f_out.index_copy_(0, where, ff + uu.log())
         g_out.index_copy_(0, where, gg + vv.log())
 
+    def views() -> tuple[Tensor, ...]:
+        """``K^T``, ``u``, ``v``, and the buffer the host reads once per iteration with its parts.
+
+        The parts: row errors, column errors, smallest and largest scaling.
+        """
+        m = kernel.shape[0]
+        read = cost.new_empty(2 * m + 2)
+        parts = (read[:m], read[m : 2 * m], read[-2], read[-1])
+        return kernel.transpose(1, 2), uv[:, :, :n], uv[:, :, n:], read, *parts
+
+    kernel_t, u, v, read, row_error, col_error, lowest, highest = views()
     n_iter = 0
     while True:
         n_iter += 1
-        # v K^T is a faster batched mat-vec than K v on CPU for contiguous K
-        u_plain = (v.unsqueeze(1) @ kernel.transpose(1, 2)).squeeze(1)
-        u_plain = u_plain.mul_(b).clamp_min_(1e-30).reciprocal_()
-        ratio = u / u_plain  # the row marginals over a
-        row_error = torch.linalg.vector_norm(ratio - 1, ord=1, dim=1)
-        # u^(1 - w) u_plain^w = u / ratio^w
         omega = factors.omega
-        u = u_plain if omega == 1.0 else u.div_(ratio.pow_(omega))
-        v_plain = (u.unsqueeze(1) @ kernel).squeeze(1).mul_(a).clamp_min_(1e-30).reciprocal_()
-        ratio = v / v_plain  # the column marginals of (u, v) over b
-        col_error = torch.linalg.vector_norm(ratio - 1, ord=1, dim=1)
-        v = v_plain if omega == 1.0 else v.div_(ratio.pow_(omega))
-        # one host read per iteration: both errors and the range of the scalings
-        ranges = torch.stack([*torch.aminmax(u), *torch.aminmax(v)])
-        read = torch.cat([row_error.mul_(a), col_error.mul_(b), ranges])
-        *errors, u_min, u_max, v_min, v_max = read.tolist()
-        rows, cols = errors[: len(errors) // 2], errors[len(errors) // 2 :]
+        # the row marginals over a: u * b (K v); v K^T is the faster batched mat-vec on CPU
+        ratio = torch.baddbmm(zero, v, kernel_t, beta=0.0, alpha=b).mul_(u).clamp_min_(1e-30)
+        torch.linalg.vector_norm(ratio - 1, ord=1, dim=(1, 2), out=row_error)
+        # the Sinkhorn update u / ratio, over-relaxed: u / ratio^w = u^(1 - w) (u / ratio)^w
+        u.div_(ratio if omega == 1.0 else ratio.pow_(omega))
+        ratio = torch.baddbmm(zero, u, kernel, beta=0.0, alpha=a).mul_(v).clamp_min_(1e-30)
+        torch.linalg.vector_norm(ratio - 1, ord=1, dim=(1, 2), out=col_error)
+        v.div_(ratio if omega == 1.0 else ratio.pow_(omega))
+        torch.aminmax(uv, out=(lowest, highest))
+        *errors, s_min, s_max = read.tolist()  # the one host read of the iteration
+        m = len(errors) // 2
+        rows, cols = [e * a for e in errors[:m]], [e * b for e in errors[m:]]
         history.append(rows)
         if overrelax:
             factors.update(n_iter, history)
@@ -227,13 +239,15 @@ def sinkhorn_plan(
             flags = torch.tensor(done, device=cost.device)
             finish(flags.nonzero().squeeze(1))
             keep = (~flags).nonzero().squeeze(1)
-            kernel, u, v, f, g, active = (t[keep] for t in (kernel, u, v, f, g, active))
+            kernel, uv, f, g, active = (t[keep] for t in (kernel, uv, f, g, active))
             kept = keep.tolist()
             history = [[h[i] for i in kept] for h in history[-1 - _REESTIMATE :]]
-        if max(u_max, v_max) > bound or min(u_min, v_min) < 1 / bound:
-            f, g = f + u.log(), g + v.log()
+            kernel_t, u, v, read, row_error, col_error, lowest, highest = views()
+        if s_max > bound or s_min < 1 / bound:
+            f, g = f + u[:, 0].log(), g + v[:, 0].log()
             kernel = torch.exp(f.unsqueeze(2) + g.unsqueeze(1) - scaled[active])
-            u, v = torch.ones_like(f), torch.ones_like(g)
+            uv.fill_(1.0)
+            kernel_t, u, v, read, row_error, col_error, lowest, highest = views()
     finish(None)
     # entries lie in [0, 1] when finite, so one sum tells whether any is not
     if factors.omega != 1.0 and not bool(torch.isfinite(plan.sum())):

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .._data import SampleIndex
-from .._utils import logger
+from .._utils import logger, retained_heap
 from ..model.config import MaestroConfig
 from ..model.maestro import Maestro
 from .data import EpochSampler, SampleSetDataset, collate_sets
@@ -215,7 +215,8 @@ def fit_maestro(
             log_every_n_steps=1,
         )
         if total_steps > 0:
-            _fit_interruptible(trainer, plan, loader, resume)
+            with retained_heap():  # the steps reuse freed memory instead of faulting pages in
+                _fit_interruptible(trainer, plan, loader, resume)
     seconds = round(time.perf_counter() - start, 2)
     net = net.cpu()
     if config.n_codebook:  # the codebook readout is fitted after training, on the pooled cells
