@@ -7,8 +7,9 @@
 # machine whose speed drifts over minutes slows all of them alike. Then one profiled run of the
 # last two versions. 2 threads, then 1 thread. Then the last two versions again, late in
 # training: LATE_WARMUP untimed steps before the timed ones (0: skip), LATE_ROUNDS rounds, 2
-# threads. Run it on an idle machine.
-# On 1 thread the current code computes the step in one batch, as e664058 does.
+# threads. THREADS lists the thread counts of the interleaved rounds (default "2 1"). Run it on
+# an idle machine.
+# On 1 thread the current code computes the step in one batch, as f5e44dc does.
 # Output: benchmarks/results/train_profile_before_after.txt (or $OUT), with the summary table
 # first; the per-step times are in the .jsonl beside it.
 #
@@ -24,8 +25,8 @@ late_warmup=${LATE_WARMUP:-100}
 late_rounds=${LATE_ROUNDS:-2}
 versions=(
   "0.1.0 (98b4e5f), its cpu preset: 512 cells per view|98b4e5f|"
-  "e664058: the step in one batch|e664058|"
-  "current code and cpu preset (2 parts side by side on 2 or more threads)|| "
+  "f5e44dc: 2 parts side by side, glibc's heap defaults|f5e44dc|"
+  "current code and cpu preset (leaner Sinkhorn loop, retained heap)|| "
 )
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -49,7 +50,7 @@ run() {  # version line, threads, profile steps, untimed steps first (default 2)
 }
 rm -f "$jsonl"
 log=$tmp/log.txt
-for threads in 2 1; do
+for threads in ${THREADS:-2 1}; do
   for round in $(seq "$rounds"); do
     for v in "${versions[@]}"; do run "$v" "$threads" 0 >> "$log"; done
   done

@@ -331,7 +331,8 @@ def torch_threads(n: int | None = None) -> Iterator[None]:
 
 #: ``mallopt`` parameters of glibc (``malloc.h``).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-#: glibc's defaults for trimming and padding, put back on leaving :func:`retained_heap`.
+#: Trimming and padding on leaving :func:`retained_heap`: the trim threshold glibc's adaptive
+#: rule reaches at most (twice its largest mmap threshold), and glibc's default padding.
 _GLIBC_TRIM, _GLIBC_TOP_PAD = 64 * 1024 * 1024, 128 * 1024
 
 
@@ -359,10 +360,11 @@ def retained_heap() -> Iterator[None]:
     system, so the next step touches fresh pages, and each fresh page is a page fault: about
     10,000 per step of the ``cpu`` preset, some 5 % of its time on a 2-core machine. Inside
     this context, on Linux with glibc, blocks up to 32 MiB come from the heap and freed memory
-    up to 1 GiB stays there; on leaving it, glibc's trimming defaults are put back and the
-    retained memory is handed back (``malloc_trim``). Blocks from 32 MiB up are still mapped
-    and unmapped one by one, as glibc's own adaptive threshold does at most. Elsewhere (macOS,
-    Windows, other C libraries) this does nothing.
+    up to 1 GiB stays there. On leaving it, the retained memory is handed back
+    (``malloc_trim``) and the heap is again trimmed once 64 MiB are free at its top, with
+    glibc's default padding. glibc's adaptive thresholds cannot be switched back on, so they
+    stay where that adaptation takes them at most: blocks from 32 MiB up mapped on their own,
+    trimming at twice that. Elsewhere (macOS, Windows, other C libraries) this does nothing.
 
     Examples
     --------

@@ -204,6 +204,12 @@ def pretrain(
     ``SystemExit(143)`` instead. Load the saved model with :meth:`MaestroModel.load
     <maestro_sc.tl.MaestroModel.load>`.
 
+    **Memory on Linux.** While it trains, ``pretrain`` asks glibc (``mallopt``) to keep freed
+    memory in the process for reuse, as each step frees and allocates the same buffers; when
+    training ends that memory is handed back (``malloc_trim``), and freed memory is again
+    returned to the system once 64 MiB of it gather at the top of the heap, the most glibc's
+    own adaptive rule allows. See the performance notes in the documentation.
+
     Examples
     --------
     One epoch of one step, to keep the example short (the ``cpu`` preset otherwise trains for
