@@ -10,8 +10,8 @@ version, the Sinkhorn iterations per step, and the time spent inside the Sinkhor
 
 Example::
 
-    python benchmarks/sinkhorn_loop_ab.py --rev 3a2a4e0 --pairs 30             # early steps
-    python benchmarks/sinkhorn_loop_ab.py --rev 3a2a4e0 --pairs 20 --warmup 150
+    python benchmarks/sinkhorn_loop_ab.py --rev f5e44dc --pairs 30             # early steps
+    python benchmarks/sinkhorn_loop_ab.py --rev f5e44dc --pairs 20 --warmup 150
 """
 
 from __future__ import annotations

@@ -93,8 +93,7 @@ def test_nothing_is_changed_without_glibc(monkeypatch):
         pass  # no C library to call: entering and leaving must simply work
 
 
-def test_training_runs_inside_the_retained_heap(monkeypatch):
-    import maestro_sc as mst
+def test_training_runs_inside_the_retained_heap(monkeypatch, cohort, train):
     from maestro_sc.train import runner
 
     entered = []
@@ -106,21 +105,5 @@ def test_training_runs_inside_the_retained_heap(monkeypatch):
         entered.append("out")
 
     monkeypatch.setattr(runner, "retained_heap", recording)
-    adata = mst.datasets.synthetic_cohort(n_samples=4, cells_per_sample=(60, 80), random_state=0)
-    mst.tl.pretrain(
-        adata,
-        "sample",
-        preset="cpu",
-        latent_dim=8,
-        ff_dim=16,
-        n_inducing=4,
-        n_sub=32,
-        head_dim=16,
-        n_prototypes=4,
-        max_epochs=1,
-        steps_per_epoch=1,
-        min_steps=0,
-        accelerator="cpu",
-        progress=False,
-    )
+    train(cohort, max_epochs=1)
     assert entered == ["in", "out"]
