@@ -81,10 +81,21 @@ def test_settings_are_put_back_when_the_run_fails(monkeypatch):
         ]
         raise RuntimeError("boom")
     assert libc.calls[3:] == [
-        ("mallopt", _utils._M_TRIM_THRESHOLD, _utils._GLIBC_TRIM),
-        ("mallopt", _utils._M_TOP_PAD, _utils._GLIBC_TOP_PAD),
+        ("mallopt", _utils._M_TRIM_THRESHOLD, _utils._TRIM_AFTER),
+        ("mallopt", _utils._M_TOP_PAD, _utils._TOP_PAD_AFTER),
         ("malloc_trim", 0),
     ]
+
+
+def test_only_the_outermost_context_changes_the_settings(monkeypatch):
+    libc = _Libc()
+    monkeypatch.setattr(_utils, "_glibc", lambda: libc)
+    with _utils.retained_heap():
+        with _utils.retained_heap():
+            pass
+        assert len(libc.calls) == 3  # the inner context neither set nor restored anything
+    assert libc.calls[-1] == ("malloc_trim", 0) and len(libc.calls) == 6
+    assert _utils._heap_depth == 0
 
 
 def test_nothing_is_changed_without_glibc(monkeypatch):

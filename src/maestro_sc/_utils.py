@@ -333,7 +333,9 @@ def torch_threads(n: int | None = None) -> Iterator[None]:
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 #: Trimming and padding on leaving :func:`retained_heap`: the trim threshold glibc's adaptive
 #: rule reaches at most (twice its largest mmap threshold), and glibc's default padding.
-_GLIBC_TRIM, _GLIBC_TOP_PAD = 64 * 1024 * 1024, 128 * 1024
+_TRIM_AFTER, _TOP_PAD_AFTER = 64 * 1024 * 1024, 128 * 1024
+#: How many :func:`retained_heap` contexts are open: only the outermost changes the settings.
+_heap_depth = 0
 
 
 def _glibc() -> Any:
@@ -365,6 +367,7 @@ def retained_heap() -> Iterator[None]:
     glibc's default padding. glibc's adaptive thresholds cannot be switched back on, so they
     stay where that adaptation takes them at most: blocks from 32 MiB up mapped on their own,
     trimming at twice that. Elsewhere (macOS, Windows, other C libraries) this does nothing.
+    Contexts may nest; only the outermost changes and restores the settings.
 
     Examples
     --------
@@ -374,16 +377,18 @@ def retained_heap() -> Iterator[None]:
     >>> total
     3000000.0
     """
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
-    libc.mallopt(_M_TOP_PAD, 64 * 1024 * 1024)
+    global _heap_depth
+    libc = _glibc() if _heap_depth == 0 else None
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
+        libc.mallopt(_M_TOP_PAD, 64 * 1024 * 1024)
+    _heap_depth += 1
     try:
         yield
     finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM)
-        libc.mallopt(_M_TOP_PAD, _GLIBC_TOP_PAD)
-        libc.malloc_trim(0)
+        _heap_depth -= 1
+        if libc is not None:
+            libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_AFTER)
+            libc.mallopt(_M_TOP_PAD, _TOP_PAD_AFTER)
+            libc.malloc_trim(0)
