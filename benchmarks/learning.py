@@ -88,6 +88,9 @@ ARMS: dict[str, dict] = {
     # with 2 or more threads: their own random draws and Sinkhorn batches, the distillation
     # centre and contrastive loss over all 8 (run on one thread here, the parts in turn)
     "cd_sub256_x2_parts2": {**_SUB256_X2, "step_parts": 2},
+    # the preset's settings again, on the Sinkhorn loop with fewer calls per iteration (the same
+    # iterates to float round-off) and with the retained heap: learning must not change
+    "cd_sub256_x2_heap": _SUB256_X2,
 }
 #: Untrained controls of arms whose architecture differs from the preset's (same seeds).
 UNTRAINED = {"untrained_ff64": {"ff_dim": 64}}
