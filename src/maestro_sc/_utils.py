@@ -7,6 +7,7 @@ and runs before anything is computed or modified.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -338,16 +339,19 @@ _TRIM_AFTER, _TOP_PAD_AFTER = 64 * 1024 * 1024, 128 * 1024
 _heap_depth = 0
 
 
+@functools.cache
 def _glibc() -> Any:
-    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None.
+
+    Looked up once per process: every training run asks for it.
+    """
     import ctypes
-    import ctypes.util
     import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's soname on every Linux architecture
     except OSError:
         return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
