@@ -35,9 +35,14 @@ def machine(extra: str = "") -> str:
 
 
 def vector_units(flags: set[str]) -> str:
-    """torch's CPU kernel level and the AVX-512 / AMX extensions among ``flags`` (cpuinfo)."""
+    """torch's CPU kernel level and the AVX-512 / AMX extensions among ``flags`` (cpuinfo).
+
+    Without ``flags`` (no ``/proc/cpuinfo``, e.g. macOS) only the kernel level.
+    """
     import torch
 
-    level = torch.backends.cpu.get_cpu_capability()
+    level = f"torch kernels {torch.backends.cpu.get_cpu_capability()}"
+    if not flags:
+        return level
     shown = ", ".join(sorted(flags & {"avx512f", "avx512_bf16", "amx_bf16"}))
-    return f"torch kernels {level}" + (f"; {shown}" if shown else "; no AVX-512")
+    return f"{level}; {shown or 'no AVX-512'}"
